@@ -1,0 +1,25 @@
+"""Exceptions for problems with user input.
+
+The CLI prints these as one line (no traceback unless ``--debug``) and exits non-zero; everything else is a bug.
+"""
+
+__all__ = ["FeatherFaceError", "InputError", "CheckpointError", "ModelNameError"]
+
+
+class FeatherFaceError(Exception):
+    """Base class: a problem the user can fix (bad file, bad name, bad value)."""
+
+
+class InputError(FeatherFaceError):
+    """An input image, video, folder or annotation file cannot be used."""
+
+
+class CheckpointError(FeatherFaceError):
+    """A checkpoint is missing, truncated, corrupt or does not match the model."""
+
+
+class ModelNameError(FeatherFaceError, KeyError):
+    """An unknown model name was requested."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
