@@ -1,0 +1,91 @@
+"""A small registry of model builders: ``build_model("featherface_v2", bifpn_cells=3)``.
+
+Builders are registered once under a unique name together with their config dataclass; unknown names raise with the
+list of known ones, and unknown config keys are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from featherface.errors import FeatherFaceError, ModelNameError
+
+__all__ = ["register_model", "build_model", "list_models", "model_config", "config_from_dict", "ModelEntry"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    config_cls: type
+    builder: Callable[[Any], nn.Module]
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, config_cls: type, description: str = "") -> Callable:
+    """Decorator registering ``builder(config) -> nn.Module`` under ``name``; a duplicate name raises."""
+
+    def wrap(builder: Callable[[Any], nn.Module]) -> Callable[[Any], nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = ModelEntry(name, config_cls, builder, description)
+        return builder
+
+    return wrap
+
+
+def _entry(name: str) -> ModelEntry:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelNameError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+
+
+def config_from_dict(name: str, values: dict[str, Any] | None = None) -> Any:
+    """The config dataclass of model ``name`` with ``values`` applied; unknown keys raise."""
+    cls = _entry(name).config_cls
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise FeatherFaceError(f"unknown config key(s) for {name}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for f in dataclasses.fields(cls):  # TOML/JSON give lists where the dataclass holds tuples
+        if f.name in values and isinstance(values[f.name], list):
+            values[f.name] = tuple(values[f.name])
+    return cls(**values)
+
+
+def model_config(name: str, **overrides: Any) -> Any:
+    return config_from_dict(name, overrides)
+
+
+def build_model(name: str, config: Any = None, **overrides: Any) -> nn.Module:
+    """Build model ``name`` from ``config`` (its dataclass) or from keyword overrides of the defaults."""
+    entry = _entry(name)
+    if config is None:
+        config = config_from_dict(name, overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    if not isinstance(config, entry.config_cls):
+        raise FeatherFaceError(f"model {name!r} needs a {entry.config_cls.__name__}, got {type(config).__name__}")
+    model = entry.builder(config)
+    model.model_name = name
+    model.config = config
+    return model
+
+
+def list_models() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def _ensure_loaded() -> None:
+    # Importing the model modules runs their @register_model decorators.
+    from featherface.models import featherface_v1, featherface_v2  # noqa: F401
