@@ -1,0 +1,5 @@
+import sys
+
+from featherface.cli import main
+
+sys.exit(main())

@@ -1,0 +1,251 @@
+"""``FaceDetector``: image in, faces out.
+
+Data flow: image → :func:`featherface.imageio.load_image` (uint8 BGR) → resize policy → BGR − (104, 117, 123), CHW →
+model (raw boxes / logits / landmarks) → decode against the anchors (variances 0.1 / 0.2) → score threshold →
+greedy NMS ("+1" pixel convention, as upstream) → :class:`Face` objects in original-image pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from featherface.errors import FeatherFaceError
+from featherface.geometry.anchors import make_anchors
+from featherface.geometry.boxes import decode_boxes, decode_landmarks
+from featherface.geometry.nms import nms_np
+from featherface.imageio import load_image
+
+__all__ = ["LANDMARK_NAMES", "MEAN_BGR", "Face", "ResizePolicy", "FaceDetector", "preprocess"]
+
+#: Landmark order of the RetinaFace annotation. "left"/"right" are as seen in the image (image-left eye first),
+#: which is the subject's right eye; horizontal mirroring swaps the pairs.
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+MEAN_BGR = (104.0, 117.0, 123.0)
+_MIRROR_POINTS = (1, 0, 2, 4, 3)
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face, in pixels of the image given to ``detect``.
+
+    box: ``(x1, y1, x2, y2)`` floats; score: face probability in [0, 1]; landmarks: name → ``(x, y)``.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"box": [round(v, 2) for v in self.box], "score": round(self.score, 5),
+                "landmarks": {k: [round(x, 2), round(y, 2)] for k, (x, y) in self.landmarks.items()}}
+
+
+@dataclass(frozen=True)
+class ResizePolicy:
+    """How an image is scaled before the network.
+
+    longest_side: ``None`` keeps the original size (the WIDER FACE protocol); ``N`` scales so the longest side is N.
+    max_side: upper bound applied in every case, so huge inputs (e.g. 12000×9000) cannot exhaust memory;
+        ``None`` disables it.
+    """
+
+    longest_side: int | None = None
+    max_side: int | None = 2560
+
+    @classmethod
+    def parse(cls, value: "ResizePolicy | str | int | None", max_side: int | None = 2560) -> "ResizePolicy":
+        if isinstance(value, ResizePolicy):
+            return value
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("original", "none", "")):
+            return cls(None, max_side)
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            raise FeatherFaceError(f"resize policy must be 'original' or a longest side in pixels, got {value!r}") from None
+        if n < 32:
+            raise FeatherFaceError(f"resize longest side must be >= 32 pixels, got {n}")
+        return cls(n, max_side)
+
+    def scale_for(self, height: int, width: int) -> float:
+        longest = max(height, width)
+        scale = 1.0 if self.longest_side is None else self.longest_side / longest
+        if self.max_side is not None and longest * scale > self.max_side:
+            scale = self.max_side / longest
+        return scale
+
+    @property
+    def name(self) -> str:
+        return "original" if self.longest_side is None else f"longest_side_{self.longest_side}"
+
+
+def preprocess(image_bgr: np.ndarray, scale: float = 1.0, *, flip: bool = False) -> np.ndarray:
+    """uint8 BGR ``[H, W, 3]`` → float32 ``[3, H', W']`` (resized by ``scale``, optionally mirrored, minus the mean)."""
+    img = image_bgr
+    if scale != 1.0:
+        h, w = img.shape[:2]
+        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+    if flip:
+        img = img[:, ::-1]
+    x = img.astype(np.float32)
+    x -= np.asarray(MEAN_BGR, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+@lru_cache(maxsize=32)
+def _anchors(height: int, width: int, steps: tuple, min_sizes: tuple) -> torch.Tensor:
+    return make_anchors((height, width), steps=steps, min_sizes=min_sizes)
+
+
+def _as_tuple(v: Any) -> tuple:
+    return tuple(_as_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def _resolve_model(model: "str | os.PathLike | nn.Module | None", device: str | torch.device) -> nn.Module:
+    from featherface.checkpoint import load_model
+    from featherface.models.registry import build_model, list_models
+
+    if isinstance(model, nn.Module):
+        return model.to(device).eval()
+    if model is None:
+        from featherface.weights import default_weights_path
+
+        return load_model(default_weights_path(), map_location=device).to(device)
+    if isinstance(model, str) and model in list_models():
+        warnings.warn(f"FaceDetector({model!r}) builds an untrained network (random weights); pass a checkpoint path "
+                      "for real detections", stacklevel=3)
+        return build_model(model).to(device).eval()
+    path = Path(model)
+    if not path.exists() and not path.suffix and os.sep not in str(model) and "/" not in str(model):
+        raise FeatherFaceError(f"unknown model {str(model)!r}: not a model name ({', '.join(list_models())}) "
+                               "and no such checkpoint file")
+    return load_model(path, map_location=device).to(device)
+
+
+class FaceDetector:
+    """Detect faces with a FeatherFace model.
+
+    Args:
+        model: a checkpoint path (ours or an upstream FeatherFace V1 file), a registered model name (untrained
+            weights, for testing), an ``nn.Module``, or ``None`` for the bundled default weights.
+        device: torch device for the network.
+        score_threshold: faces with a lower probability are dropped.
+        nms_threshold: IoU above which the lower-scored of two overlapping boxes is suppressed.
+        resize: ``"original"``/``None`` (original size), an int (longest side in pixels) or a :class:`ResizePolicy`.
+        max_side: longest side never exceeded (memory guard for huge images); ``None`` disables it.
+        top_k / keep_top_k: optional caps on candidates before / faces after NMS.
+        num_threads: torch intra-op threads (``None`` leaves torch's setting).
+    """
+
+    def __init__(self, model: "str | os.PathLike | nn.Module | None" = None, *, device: str | torch.device = "cpu",
+                 score_threshold: float = 0.5, nms_threshold: float = 0.4, resize: Any = None,
+                 max_side: int | None = 2560, top_k: int | None = 5000, keep_top_k: int | None = 750,
+                 num_threads: int | None = None) -> None:
+        if not 0.0 <= score_threshold <= 1.0:
+            raise FeatherFaceError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        if not 0.0 < nms_threshold <= 1.0:
+            raise FeatherFaceError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
+        if num_threads is not None:
+            torch.set_num_threads(int(num_threads))
+        self.device = torch.device(device)
+        self.model = _resolve_model(model, self.device)
+        cfg = getattr(self.model, "config", None)
+        self.steps = _as_tuple(getattr(cfg, "steps", (8, 16, 32)))
+        self.min_sizes = _as_tuple(getattr(cfg, "min_sizes", ((16, 32), (64, 128), (256, 512))))
+        self.variances = _as_tuple(getattr(cfg, "variances", (0.1, 0.2)))
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        self.resize = ResizePolicy.parse(resize, max_side)
+        self.top_k = top_k
+        self.keep_top_k = keep_top_k
+
+    @property
+    def model_name(self) -> str:
+        return getattr(self.model, "model_name", type(self.model).__name__)
+
+    # ----------------------------------------------------------------------------------------------- low level
+    @torch.inference_mode()
+    def predict_raw(self, image_bgr: np.ndarray, *, scale: float = 1.0, flip: bool = False,
+                    score_threshold: float = 0.02) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decoded candidates before NMS for one uint8 BGR image resized by ``scale`` (mirrored when ``flip``).
+
+        Returns ``boxes [N, 4]`` (x1, y1, x2, y2), ``scores [N]``, ``landmarks [N, 10]`` in pixels of the ORIGINAL
+        (un-scaled, un-mirrored) image, for scores ``> score_threshold``, sorted by descending score.
+        """
+        x = torch.from_numpy(preprocess(image_bgr, scale, flip=flip))[None].to(self.device)
+        h, w = x.shape[-2:]
+        out = self.model(x)
+        anchors = _anchors(h, w, self.steps, self.min_sizes).to(self.device)
+        scores = torch.softmax(out.logits[0].float(), dim=-1)[:, 1]
+        keep = scores > score_threshold
+        if not bool(keep.any()):
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 10), np.float32)
+        boxes = decode_boxes(out.boxes[0][keep], anchors[keep], self.variances)
+        lms = decode_landmarks(out.landmarks[0][keep], anchors[keep], self.variances)
+        scores = scores[keep]
+        sx, sy = w / scale, h / scale  # normalised → original pixels
+        boxes = (boxes * torch.tensor([sx, sy, sx, sy], device=boxes.device)).cpu().numpy()
+        lms = (lms * torch.tensor([sx, sy] * 5, device=lms.device)).cpu().numpy()
+        scores = scores.cpu().numpy()
+        if flip:
+            width = w / scale
+            boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+            pts = lms.reshape(-1, 5, 2)[:, _MIRROR_POINTS]
+            pts[..., 0] = width - pts[..., 0]
+            lms = pts.reshape(-1, 10)
+        order = scores.argsort()[::-1]  # upstream ordering (ties as numpy's quicksort gives them)
+        return boxes[order].astype(np.float32), scores[order].astype(np.float32), lms[order].astype(np.float32)
+
+    def detect_arrays(self, image_bgr: np.ndarray, *, score_threshold: float | None = None,
+                      nms_threshold: float | None = None, scale: float | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Detections as arrays: ``boxes [K, 4]``, ``scores [K]``, ``landmarks [K, 10]`` (original pixels)."""
+        thr = self.score_threshold if score_threshold is None else score_threshold
+        nms_thr = self.nms_threshold if nms_threshold is None else nms_threshold
+        if scale is None:
+            scale = self.resize.scale_for(*image_bgr.shape[:2])
+        boxes, scores, lms = self.predict_raw(image_bgr, scale=scale, score_threshold=thr)
+        if self.top_k is not None:
+            boxes, scores, lms = boxes[: self.top_k], scores[: self.top_k], lms[: self.top_k]
+        keep = nms_np(boxes, scores, nms_thr, pixel_offset=1.0)
+        if self.keep_top_k is not None:
+            keep = keep[: self.keep_top_k]
+        return boxes[keep], scores[keep], lms[keep]
+
+    # ---------------------------------------------------------------------------------------------- high level
+    def detect(self, image: Any, *, rgb: bool = False) -> list[Face] | list[list[Face]]:
+        """Faces in ``image`` (path, numpy array — BGR unless ``rgb=True`` — or PIL image).
+
+        A list or tuple of images (sizes may differ) returns one list of faces per image.
+        """
+        if isinstance(image, (list, tuple)):
+            return [self._detect_one(im, rgb=rgb) for im in image]
+        return self._detect_one(image, rgb=rgb)
+
+    def _detect_one(self, image: Any, *, rgb: bool) -> list[Face]:
+        bgr = load_image(image, rgb=rgb)
+        boxes, scores, lms = self.detect_arrays(bgr)
+        return faces_from_arrays(boxes, scores, lms)
+
+    def __repr__(self) -> str:
+        return (f"FaceDetector(model={self.model_name}, score_threshold={self.score_threshold}, "
+                f"nms_threshold={self.nms_threshold}, resize={self.resize.name})")
+
+
+def faces_from_arrays(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray) -> list[Face]:
+    faces = []
+    for b, s, l in zip(boxes.tolist(), scores.tolist(), landmarks.tolist()):
+        pts = {name: (l[2 * i], l[2 * i + 1]) for i, name in enumerate(LANDMARK_NAMES)}
+        faces.append(Face(box=(b[0], b[1], b[2], b[3]), score=float(s), landmarks=pts))
+    return faces
+

@@ -1,0 +1,196 @@
+"""Checkpoints: one self-describing format, atomic writes, strict loading, and a converter for upstream files.
+
+Format (a plain dict, loadable with ``torch.load(weights_only=True)``)::
+
+    {"format": "featherface", "format_version": 1, "featherface_version": "0.1.0",
+     "model_name": "featherface_v2", "model_config": {...}, "state_dict": {...},
+     "preprocessing": {"color_order": "BGR", "mean": [104, 117, 123], "std": [1, 1, 1]},
+     "extra": {...}}                      # optional: training state, metrics, provenance
+
+Upstream FeatherFace / RetinaFace files are raw state dicts (sometimes wrapped in ``state_dict`` or
+``model_state_dict``, sometimes with ``module.`` prefixes and thop's ``total_ops`` / ``total_params`` buffers);
+:func:`convert_upstream_state_dict` normalises them and the model is then loaded **strictly**.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from featherface import __version__
+from featherface.errors import CheckpointError
+from featherface.models.registry import build_model, config_from_dict
+
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "PREPROCESSING", "atomic_save", "save_checkpoint", "read_checkpoint",
+    "convert_upstream_state_dict", "detect_architecture", "load_state_dict_strict", "load_model", "model_to_checkpoint",
+]
+
+FORMAT = "featherface"
+FORMAT_VERSION = 1
+PREPROCESSING = {"color_order": "BGR", "mean": [104.0, 117.0, 123.0], "std": [1.0, 1.0, 1.0]}
+_THOP_SUFFIXES = ("total_ops", "total_params")
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def model_to_checkpoint(model: nn.Module, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict of a registry-built model (``model.model_name`` / ``model.config`` set by build_model)."""
+    name = getattr(model, "model_name", None)
+    config = getattr(model, "config", None)
+    if name is None or config is None:
+        raise CheckpointError("model was not built with featherface.models.build_model: name/config unknown")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "featherface_version": __version__,
+        "model_name": name,
+        "model_config": _jsonable(dataclasses.asdict(config)),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "preprocessing": dict(PREPROCESSING),
+        "extra": dict(extra or {}),
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` (weights + config + featherface version) atomically to ``path``."""
+    return atomic_save(model_to_checkpoint(model, extra), path)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors for missing, empty, truncated or corrupt files."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty (0 bytes)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files (RuntimeError, UnpicklingError, EOFError...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason[:200]}") from None
+
+
+def convert_upstream_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Normalise an upstream checkpoint to a plain state dict: unwrap, strip ``module.``, drop thop buffers."""
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        obj = obj["state_dict"]
+    while isinstance(obj, Mapping) and not any(torch.is_tensor(v) for v in obj.values()):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not torch.is_tensor(value):
+            continue
+        if key.endswith(_THOP_SUFFIXES):
+            continue
+        key = key[len("module."):] if key.startswith("module.") else key
+        out[key] = value
+    if not out:
+        raise CheckpointError("checkpoint holds no tensors")
+    return out
+
+
+def detect_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Name the architecture a state dict belongs to, from its keys.
+
+    Returns ``featherface_v1``, ``featherface_v2``, ``retinaface_fpn`` (biubug6 RetinaFace with an FPN neck) or
+    ``unknown``.
+    """
+    keys = set(state_dict)
+    if any(k.startswith("backbone_cbam_manager.") for k in keys) or any(k.startswith("shared_heads.") for k in keys):
+        return "featherface_v2"
+    if "bifpn.0.p5_down_channel_2.0.conv.weight" in keys or any(k.startswith("bacbkbone_0_cbam.") for k in keys):
+        return "featherface_v1"
+    if any(k.startswith("fpn.") for k in keys) and any(k.startswith("ssh1.") for k in keys):
+        return "retinaface_fpn"
+    return "unknown"
+
+
+def _diff_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    return missing, unexpected, mismatched
+
+
+def _summarise(label: str, items: list[str], limit: int = 8) -> str:
+    if not items:
+        return ""
+    shown = ", ".join(items[:limit]) + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
+    return f"{len(items)} {label} [{shown}]"
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load with exact key and shape matching; the error lists missing, unexpected and mis-shaped keys."""
+    missing, unexpected, mismatched = _diff_keys(model, state_dict)
+    if missing or unexpected or mismatched:
+        parts = [p for p in (_summarise("missing keys", missing), _summarise("unexpected keys", unexpected),
+                             _summarise("shape mismatches", mismatched)) if p]
+        raise CheckpointError(f"{source} does not match {getattr(model, 'model_name', type(model).__name__)}: "
+                              + "; ".join(parts))
+    model.load_state_dict(dict(state_dict), strict=True)
+
+
+def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+               model_name: str | None = None) -> nn.Module:
+    """Build and strictly load the model stored in ``path`` (our format or an upstream state dict), in eval mode."""
+    obj = read_checkpoint(path, map_location)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        version = obj.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: checkpoint format version {version} is not supported (expected {FORMAT_VERSION})")
+        name = obj["model_name"]
+        model = build_model(name, config_from_dict(name, obj.get("model_config", {})))
+        load_state_dict_strict(model, obj["state_dict"], str(path))
+    else:
+        state_dict = convert_upstream_state_dict(obj)
+        name = model_name or detect_architecture(state_dict)
+        if name == "retinaface_fpn":
+            raise CheckpointError(f"{path}: this is a RetinaFace (FPN neck) checkpoint, not FeatherFace; "
+                                  "it cannot be loaded into featherface_v1/v2")
+        if name == "unknown":
+            raise CheckpointError(f"{path}: state dict of an unknown architecture "
+                                  f"({len(state_dict)} tensors, first key {next(iter(state_dict))!r})")
+        model = build_model(name)
+        load_state_dict_strict(model, state_dict, str(path))
+    model.eval()
+    return model

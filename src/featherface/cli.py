@@ -1,0 +1,83 @@
+"""The ``featherface`` command line. Each subcommand lives in its own module; this file only dispatches.
+
+User errors (:class:`featherface.errors.FeatherFaceError`) print one line and exit 2 (detect: 1 when some inputs
+failed); ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from featherface import __version__
+
+# name -> (module, configure function, run function, help)
+_COMMANDS = {
+    "detect": ("featherface.commands.detect", "configure_parser", "run", "detect faces in images, folders, videos, webcams"),
+    "info": ("featherface.commands.info", "configure_parser", "run", "parameter table, thop count and MACs of a model"),
+    "check-teacher": ("featherface.commands.check_teacher", "configure_parser", "run",
+                      "check that a checkpoint is a usable FeatherFace V1 teacher"),
+    "eval": ("featherface.eval.cli", "configure_parser", "run", "WIDER FACE evaluation (Easy / Medium / Hard AP)"),
+    "train": ("featherface.train.cli", "configure_parser", "run", "train V1 or V2 (optionally distilled from a teacher)"),
+    "export": ("featherface.export.cli", "configure_parser", "run", "export a checkpoint to ONNX"),
+}
+_DATA_COMMANDS = {
+    "check": ("featherface.data.cli", "configure_check_parser", "run_check", "validate a label file and its images"),
+    "preview": ("featherface.data.cli", "configure_preview_parser", "run_preview",
+                "write a PNG of augmented training samples"),
+}
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _add(sub, name: str, spec: tuple) -> None:
+    module, configure, run, help_text = spec
+    if not _available(module):
+        return
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    getattr(importlib.import_module(module), configure)(p)
+    p.set_defaults(_run=(module, run))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featherface", description="FeatherFace face detection.")
+    parser.add_argument("--version", action="version", version=f"featherface {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, spec in _COMMANDS.items():
+        _add(sub, name, spec)
+    if _available("featherface.data.cli"):
+        data = sub.add_parser("data", help="dataset tools (check, preview)")
+        data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+        for name, spec in _DATA_COMMANDS.items():
+            _add(data_sub, name, spec)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from featherface.errors import FeatherFaceError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_run"):
+        parser.print_help()
+        return 2
+    module, run = args._run
+    try:
+        return int(getattr(importlib.import_module(module), run)(args) or 0)
+    except FeatherFaceError as exc:
+        if args.debug:
+            raise
+        print(f"featherface {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
