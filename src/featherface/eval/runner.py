@@ -1,0 +1,300 @@
+"""Run a detector over WIDER FACE images, write official prediction files, score them and report.
+
+Outputs under ``output_dir``:
+
+- ``predictions/<event>/<image>.txt`` -- official format, float coordinates (``x y w h score``);
+- ``results.json`` -- AP per setting, counts, the protocol (name and all settings), timings, inputs;
+- ``pr_curve.png`` -- precision-recall curves of the three settings.
+
+Detector time (image decoding + all passes + NMS) and scoring time are measured separately.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featherface.errors import InputError
+from featherface.eval.protocols import OriginalSize, TestProtocol
+from featherface.eval.widerface import (
+    GroundTruth,
+    WiderResult,
+    evaluate,
+    load_ground_truth,
+    normalise_key,
+    read_image_list,
+    read_predictions,
+    write_prediction_file,
+)
+
+__all__ = [
+    "list_images",
+    "read_image",
+    "run_detector",
+    "save_pr_curve",
+    "write_report",
+    "evaluate_detector",
+    "score_prediction_folder",
+]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def list_images(images_root: str | os.PathLike, image_list: str | os.PathLike | Sequence[str] | None = None) -> list[str]:
+    """Relative image paths (posix, with suffix) under ``images_root``: those of ``image_list`` (a list file or a
+    sequence of paths) in its order, or every image found, sorted. Listed images that do not exist are an error."""
+    root = Path(images_root)
+    if not root.is_dir():
+        raise InputError(f"image folder not found: {root}")
+    if image_list is not None:
+        rels = read_image_list(image_list) if isinstance(image_list, (str, os.PathLike)) else [
+            str(x).replace("\\", "/").lstrip("/") for x in image_list
+        ]
+        for r in rels:
+            if not (root / r).is_file():
+                raise InputError(f"listed image not found: {root / r}")
+        return rels
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            if not fn.startswith(".") and fn.lower().endswith(IMAGE_EXTS):
+                found.append((Path(dirpath) / fn).relative_to(root).as_posix())
+    if not found:
+        raise InputError(f"image folder {root} has no images")
+    return found
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """uint8 BGR HxWx3 image (decoded from bytes, so any OS path works)."""
+    import cv2
+
+    p = Path(path)
+    try:
+        data = np.fromfile(str(p), dtype=np.uint8)
+    except OSError as e:
+        raise InputError(f"cannot read image {p}: {e.strerror}") from None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise InputError(f"cannot decode image {p}")
+    return img
+
+
+def _key(rel: str) -> str:
+    return normalise_key(rel)
+
+
+def run_detector(
+    detector: Any,
+    images_root: str | os.PathLike,
+    *,
+    image_list: str | os.PathLike | Sequence[str] | None = None,
+    protocol: TestProtocol | None = None,
+    predictions_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Detect faces on every image with ``protocol`` (default :class:`OriginalSize`).
+
+    ``detector`` needs ``predict_raw(image_bgr, *, scale, flip, score_threshold) -> (boxes x1y1x2y2, scores, landms)``.
+    Returns (``{'event/name': [N, 5] x, y, w, h, score}``, timing dict) and, with ``predictions_dir``, writes the
+    official files as it goes."""
+    from tqdm import tqdm
+
+    proto = protocol or OriginalSize()
+    root = Path(images_root)
+    rels = list_images(root, image_list)
+    out_dir = Path(predictions_dir) if predictions_dir is not None else None
+    preds: dict[str, np.ndarray] = {}
+    t_detect = 0.0
+    t_read = 0.0
+    t0 = time.perf_counter()
+    for rel in tqdm(rels, desc=f"detect [{proto.name}]", unit="img", disable=not progress, dynamic_ncols=True):
+        ta = time.perf_counter()
+        img = read_image(root / rel)
+        tb = time.perf_counter()
+        dets = proto.detect(detector, img)
+        tc = time.perf_counter()
+        t_read += tb - ta
+        t_detect += tc - tb
+        xywh = np.empty((len(dets), 5), np.float64)
+        xywh[:, 0:2] = dets[:, 0:2]
+        xywh[:, 2:4] = dets[:, 2:4] - dets[:, 0:2]
+        xywh[:, 4] = dets[:, 4]
+        key = _key(rel)
+        preds[key] = xywh
+        if out_dir is not None:
+            name = key.rsplit("/", 1)[-1]
+            write_prediction_file(out_dir.joinpath(*key.split("/")).with_name(name + ".txt"), name, xywh)
+    n = max(len(rels), 1)
+    timing = {
+        "images": len(rels),
+        "detector_s": t_detect,
+        "detector_s_per_image": t_detect / n,
+        "image_read_s": t_read,
+        "total_s": time.perf_counter() - t0,
+    }
+    return preds, timing
+
+
+def save_pr_curve(result: WiderResult, path: str | os.PathLike, title: str = "") -> Path:
+    """Precision-recall curves of the three settings (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+    for (name, sr), color in zip(result.settings.items(), ("tab:green", "tab:blue", "tab:red")):
+        ax.plot(sr.recall, sr.precision, color=color, lw=1.6, label=f"{name.capitalize()}  AP {sr.ap:.4f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("Recall")
+    ax.set_ylabel("Precision")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(p)
+    plt.close(fig)
+    return p
+
+
+def _versions() -> dict[str, str]:
+    import sys
+
+    v = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("scipy", "torch", "cv2"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            v[mod] = getattr(m, "__version__", "?")
+    try:
+        from importlib.metadata import version
+
+        v["featherface"] = version("featherface")
+    except Exception:  # noqa: BLE001
+        pass
+    return v
+
+
+def write_report(
+    result: WiderResult,
+    output_dir: str | os.PathLike,
+    *,
+    protocol: Mapping[str, Any] | None,
+    inputs: Mapping[str, Any],
+    timing: Mapping[str, Any],
+    plot: bool = True,
+) -> dict[str, Any]:
+    """Write ``results.json`` (and ``pr_curve.png``) into ``output_dir``; returns the JSON content."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "ap": result.ap,
+        "protocol": dict(protocol) if protocol is not None else None,
+        "evaluation": result.to_dict(curves=False),
+        "inputs": dict(inputs),
+        "timing": dict(timing),
+        "versions": _versions(),
+    }
+    if plot:
+        title = protocol.get("label", protocol.get("name", "")) if protocol else ""
+        save_pr_curve(result, out / "pr_curve.png", title=title)
+        report["pr_curve"] = str(out / "pr_curve.png")
+    curves = {k: {"recall": v.recall.tolist(), "precision": v.precision.tolist()} for k, v in result.settings.items()}
+    report["curves"] = curves
+    (out / "results.json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    return report
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _restrict(gt: GroundTruth, rels: Iterable[str] | None) -> GroundTruth:
+    return gt.subset(rels) if rels is not None else gt
+
+
+def evaluate_detector(
+    detector: Any,
+    images_root: str | os.PathLike,
+    gt_dir: str | os.PathLike | GroundTruth,
+    *,
+    output_dir: str | os.PathLike,
+    image_list: str | os.PathLike | Sequence[str] | None = None,
+    protocol: TestProtocol | None = None,
+    model_info: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    plot: bool = True,
+) -> tuple[WiderResult, dict[str, Any]]:
+    """Detector pass over the images, official files under ``output_dir/predictions``, AP, JSON and PR curve.
+
+    With ``image_list`` the ground truth is restricted to the listed images (as the val-dev figures are made);
+    without, every ground-truth image counts and those not under ``images_root`` have no detections."""
+    proto = protocol or OriginalSize()
+    gt = gt_dir if isinstance(gt_dir, GroundTruth) else load_ground_truth(gt_dir)  # fail early on a bad GT dir
+    rels = list_images(images_root, image_list)
+    out = Path(output_dir)
+    preds, timing = run_detector(
+        detector, images_root, image_list=rels, protocol=proto, predictions_dir=out / "predictions", progress=progress
+    )
+    t0 = time.perf_counter()
+    result = evaluate(preds, _restrict(gt, rels if image_list is not None else None))
+    timing = {**timing, "scoring_s": time.perf_counter() - t0}
+    inputs = {
+        "images": str(images_root),
+        "image_list": str(image_list) if isinstance(image_list, (str, os.PathLike)) else (len(rels) if image_list else None),
+        "ground_truth": str(gt_dir) if not isinstance(gt_dir, GroundTruth) else gt.source,
+        "predictions_dir": str(out / "predictions"),
+        **({"model": dict(model_info)} if model_info else {}),
+    }
+    report = write_report(result, out, protocol=proto.describe(), inputs=inputs, timing=timing, plot=plot)
+    return result, report
+
+
+def score_prediction_folder(
+    predictions_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike | GroundTruth,
+    *,
+    output_dir: str | os.PathLike | None = None,
+    image_list: str | os.PathLike | Sequence[str] | None = None,
+    plot: bool = True,
+) -> tuple[WiderResult, dict[str, Any] | None]:
+    """Score an existing folder of official prediction files (any detector's). With ``image_list`` both the ground
+    truth and the predictions are restricted to the listed images (the same as a folder holding only them)."""
+    t0 = time.perf_counter()
+    gt = gt_dir if isinstance(gt_dir, GroundTruth) else load_ground_truth(gt_dir)
+    preds = read_predictions(predictions_dir)
+    t1 = time.perf_counter()
+    names = read_image_list(image_list) if isinstance(image_list, (str, os.PathLike)) else image_list
+    result = evaluate(preds, gt, image_list=names)
+    t2 = time.perf_counter()
+    timing = {"read_s": t1 - t0, "scoring_s": t2 - t1, "total_s": t2 - t0}
+    result.extra["timing"] = timing
+    report = None
+    if output_dir is not None:
+        inputs = {
+            "predictions_dir": str(predictions_dir),
+            "ground_truth": str(gt_dir) if not isinstance(gt_dir, GroundTruth) else gt.source,
+            "image_list": str(image_list) if isinstance(image_list, (str, os.PathLike)) else None,
+        }
+        protocol = {"name": "external", "label": "external prediction files (test protocol set by whoever made them)"}
+        report = write_report(result, output_dir, protocol=protocol, inputs=inputs, timing=timing, plot=plot)
+    return result, report
