@@ -45,27 +45,31 @@ def merge_detections(
     nms_threshold: float,
     top_k: int | None = None,
     keep_top_k: int | None = None,
+    presorted: bool = False,
 ) -> np.ndarray:
-    """Pooled candidates -> [N, 5] ``x1, y1, x2, y2, score`` after sort, optional top-k, NMS, optional keep-top-k."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    """Candidates -> float64 [N, 5] ``x1, y1, x2, y2, score`` (descending score) after optional top-k, greedy NMS
+    ("+1" convention) and optional keep-top-k.
+
+    As upstream ``test_widerface.py``: candidates are ordered with ``scores.argsort()[::-1]`` unless ``presorted``
+    (one ``predict_raw`` pass is already in that order), and NMS runs on the detector's own dtype (float32)."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    scores = np.asarray(scores).reshape(-1)
     if len(scores) == 0:
         return np.zeros((0, 5), np.float64)
-    order = np.argsort(-scores, kind="stable")
+    if not presorted:
+        order = scores.argsort()[::-1]
+        boxes, scores = boxes[order], scores[order]
     if top_k is not None:
-        order = order[:top_k]
-    boxes, scores = boxes[order], scores[order]
-    keep = _nms(boxes, scores, nms_threshold)
-    # keep the NMS output in descending score order (nms_np keeps greedily, i.e. already in that order)
-    keep = keep[np.argsort(-scores[keep], kind="stable")]
+        boxes, scores = boxes[:top_k], scores[:top_k]
+    keep = _nms(boxes, scores, nms_threshold)  # indices of kept boxes, by descending score
     if keep_top_k is not None:
         keep = keep[:keep_top_k]
-    return np.concatenate([boxes[keep], scores[keep, None]], axis=1)
+    return np.concatenate([boxes[keep].astype(np.float64), scores[keep, None].astype(np.float64)], axis=1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TestProtocol:
-    """Base: post-processing shared by all protocols. Subclasses define :meth:`passes` and :attr:`name`."""
+    """Base: post-processing shared by all protocols (keyword-only). Subclasses define :meth:`passes` and :attr:`name`."""
 
     score_threshold: float = 0.02
     nms_threshold: float = 0.4
@@ -97,19 +101,24 @@ class TestProtocol:
     def detect(self, detector: _RawDetector, image_bgr: np.ndarray) -> np.ndarray:
         """Run the protocol: [N, 5] ``x1, y1, x2, y2, score`` in original-image pixels, descending score."""
         h, w = image_bgr.shape[:2]
-        all_boxes, all_scores = [], []
+        all_boxes: list[np.ndarray] = []
+        all_scores: list[np.ndarray] = []
         for scale, flip in self.passes(h, w):
             boxes, scores, _ = detector.predict_raw(
                 image_bgr, scale=float(scale), flip=bool(flip), score_threshold=self.score_threshold
             )
-            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-            scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-            all_boxes.append(boxes)
-            all_scores.append(scores)
-        boxes = np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4))
-        scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+            all_boxes.append(np.asarray(boxes).reshape(-1, 4))
+            all_scores.append(np.asarray(scores).reshape(-1))
+        single = len(all_boxes) == 1
+        boxes = all_boxes[0] if single else np.concatenate(all_boxes)
+        scores = all_scores[0] if single else np.concatenate(all_scores)
         return merge_detections(
-            boxes, scores, nms_threshold=self.nms_threshold, top_k=self.top_k, keep_top_k=self.keep_top_k
+            boxes,
+            scores,
+            nms_threshold=self.nms_threshold,
+            top_k=self.top_k,
+            keep_top_k=self.keep_top_k,
+            presorted=single and bool(np.all(scores[:-1] >= scores[1:])),
         )
 
 

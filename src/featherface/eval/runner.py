@@ -212,8 +212,20 @@ def write_report(
         report["pr_curve"] = str(out / "pr_curve.png")
     curves = {k: {"recall": v.recall.tolist(), "precision": v.precision.tolist()} for k, v in result.settings.items()}
     report["curves"] = curves
-    (out / "results.json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    text = json.dumps(_finite(report), indent=1, default=_json_default, allow_nan=False)
+    (out / "results.json").write_text(text + "\n", encoding="utf-8")
     return report
+
+
+def _finite(o: Any) -> Any:
+    """NaN / inf -> None (an undefined AP, e.g. a subset without easy faces), so the file is strict JSON."""
+    if isinstance(o, float):
+        return o if np.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _json_default(o: Any) -> Any:
