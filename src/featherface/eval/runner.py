@@ -154,7 +154,8 @@ def save_pr_curve(result: WiderResult, path: str | os.PathLike, title: str = "")
     p.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
     for (name, sr), color in zip(result.settings.items(), ("tab:green", "tab:blue", "tab:red")):
-        ax.plot(sr.recall, sr.precision, color=color, lw=1.6, label=f"{name.capitalize()}  AP {sr.ap:.4f}")
+        m = sr.proposals > 0  # thresholds above every score have no precision
+        ax.plot(sr.recall[m], sr.precision[m], color=color, lw=1.6, label=f"{name.capitalize()}  AP {sr.ap:.4f}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("Recall")
