@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from featherface import __version__
 from featherface.errors import CheckpointError
+from featherface.fsutil import atomic_write
 from featherface.models.registry import build_model, config_from_dict
 
 __all__ = [
@@ -41,19 +41,7 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _jsonable(value: Any) -> Any:

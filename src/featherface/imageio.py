@@ -7,7 +7,6 @@ float in 0..255; BGR unless ``rgb=True``) or a PIL image. Grey, RGBA and 16-bit 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 
 from featherface.errors import InputError
+from featherface.fsutil import atomic_write_bytes
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "load_image", "to_bgr_uint8", "write_image_atomic"]
 
@@ -97,16 +97,7 @@ def load_image(source: Any, *, rgb: bool = False) -> np.ndarray:
 def write_image_atomic(path: str | os.PathLike, image_bgr: np.ndarray) -> Path:
     """Encode ``image_bgr`` by the suffix of ``path`` and write it via a temporary file + rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(path.suffix or ".jpg", image_bgr)
     if not ok:
         raise InputError(f"{path}: cannot encode an image with suffix {path.suffix!r}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, buf.tobytes())

@@ -220,9 +220,14 @@ def _down_channel(cin: int, cout: int, bias: bool = True) -> nn.Sequential:
     return nn.Sequential(_Conv2dSame(cin, cout, 1, bias=bias), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01))
 
 
-def _fusion_weights(w: Tensor, eps: float) -> Tensor:
-    w = F.relu(w)
-    return w / (w.sum() + eps)
+def _fuse(weights: Tensor, inputs: list[Tensor], eps: float) -> Tensor:
+    """Fast normalised fusion then SiLU: ``silu(Σ_i relu(w_i)·x_i / (Σ_j relu(w_j) + eps))``.
+
+    ``weights`` may be longer than ``inputs`` (V1's P5 node): the extra weights only enter the normaliser.
+    """
+    w = F.relu(weights)
+    w = w / (w.sum() + eps)
+    return F.silu(sum(wi * x for wi, x in zip(w, inputs)))
 
 
 def _upsample_to(x: Tensor, ref: Tensor) -> Tensor:
@@ -264,16 +269,13 @@ class BiFPNCell(nn.Module):
             p3_in, p4_in, p5_in = self.p3_down_channel(p3), self.p4_down_channel(p4), self.p5_down_channel(p5)
         else:
             p3_in, p4_in, p5_in = p3, p4, p5
-        w = _fusion_weights(self.p4_w1, self.epsilon)
-        p4_up = self.conv4_up(F.silu(w[0] * p4_in + w[1] * _upsample_to(p5_in, p4_in)))
-        w = _fusion_weights(self.p3_w1, self.epsilon)
-        p3_out = self.conv3_up(F.silu(w[0] * p3_in + w[1] * _upsample_to(p4_up, p3_in)))
+        eps = self.epsilon
+        p4_up = self.conv4_up(_fuse(self.p4_w1, [p4_in, _upsample_to(p5_in, p4_in)], eps))
+        p3_out = self.conv3_up(_fuse(self.p3_w1, [p3_in, _upsample_to(p4_up, p3_in)], eps))
         if self.first_time:
             p4_in, p5_in = self.p4_down_channel_2(p4), self.p5_down_channel_2(p5)
-        w = _fusion_weights(self.p4_w2, self.epsilon)
-        p4_out = self.conv4_down(F.silu(w[0] * p4_in + w[1] * p4_up + w[2] * self.pool(p3_out)))
-        w = _fusion_weights(self.p5_w2, self.epsilon)
-        p5_out = self.conv5_down(F.silu(w[0] * p5_in + w[1] * self.pool(p4_out)))
+        p4_out = self.conv4_down(_fuse(self.p4_w2, [p4_in, p4_up, self.pool(p3_out)], eps))
+        p5_out = self.conv5_down(_fuse(self.p5_w2, [p5_in, self.pool(p4_out)], eps))
         return [p3_out, p4_out, p5_out]
 
 
@@ -321,14 +323,11 @@ class BiFPNLightCell(nn.Module):
         p3_in, p4_in, p5_in = feats
         if self.first_time:
             p3_in, p4_in, p5_in = self.p3_down_channel(p3_in), self.p4_down_channel(p4_in), self.p5_down_channel(p5_in)
-        w = _fusion_weights(self.p4_w1, self.epsilon)
-        p4_up = self.conv4_up(F.silu(w[0] * p4_in + w[1] * _upsample_to(p5_in, p4_in)))
-        w = _fusion_weights(self.p3_w1, self.epsilon)
-        p3_out = self.conv3_up(F.silu(w[0] * p3_in + w[1] * _upsample_to(p4_up, p3_in)))
-        w = _fusion_weights(self.p4_w2, self.epsilon)
-        p4_out = self.conv4_down(F.silu(w[0] * p4_in + w[1] * p4_up + w[2] * self._down(p3_out)))
-        w = _fusion_weights(self.p5_w2, self.epsilon)
-        p5_out = self.conv5_down(F.silu(w[0] * p5_in + w[1] * self._down(p4_out) + w[2] * self._down(p4_up)))
+        eps, down = self.epsilon, self._down
+        p4_up = self.conv4_up(_fuse(self.p4_w1, [p4_in, _upsample_to(p5_in, p4_in)], eps))
+        p3_out = self.conv3_up(_fuse(self.p3_w1, [p3_in, _upsample_to(p4_up, p3_in)], eps))
+        p4_out = self.conv4_down(_fuse(self.p4_w2, [p4_in, p4_up, down(p3_out)], eps))
+        p5_out = self.conv5_down(_fuse(self.p5_w2, [p5_in, down(p4_out), down(p4_up)], eps))
         return [p3_out, p4_out, p5_out]
 
 

@@ -66,11 +66,8 @@ def _probe(model: nn.Module, input_size: tuple[int, int]) -> torch.Tensor:
     return torch.zeros(1, 3, *input_size, device=p.device, dtype=p.dtype)
 
 
-def thop_convention_params(model: nn.Module, input_size: tuple[int, int] = (640, 640)) -> int:
-    """Parameters counted the way ``thop.profile`` counts them (see module docstring)."""
-    ran: set[int] = set()
-    hooks = [m.register_forward_hook(lambda mod, i, o: ran.add(id(mod)))
-             for m in model.modules() if isinstance(m, _THOP_TYPES)]
+def _forward_with_hooks(model: nn.Module, hooks: list, input_size: tuple[int, int]) -> None:
+    """One no-grad eval-mode forward of a zero image, then remove ``hooks`` and restore the training flag."""
     was_training = model.training
     try:
         model.eval()
@@ -80,6 +77,14 @@ def thop_convention_params(model: nn.Module, input_size: tuple[int, int] = (640,
         model.train(was_training)
         for h in hooks:
             h.remove()
+
+
+def thop_convention_params(model: nn.Module, input_size: tuple[int, int] = (640, 640)) -> int:
+    """Parameters counted the way ``thop.profile`` counts them (see module docstring)."""
+    ran: set[int] = set()
+    hooks = [m.register_forward_hook(lambda mod, i, o: ran.add(id(mod)))
+             for m in model.modules() if isinstance(m, _THOP_TYPES)]
+    _forward_with_hooks(model, hooks, input_size)
     return sum(p.numel() for m in model.modules() if id(m) in ran for p in m.parameters(recurse=False))
 
 
@@ -110,14 +115,6 @@ def count_macs(model: nn.Module, input_size: tuple[int, int] = (640, 640)) -> di
             hooks.append(m.register_forward_hook(linear_hook))
         elif isinstance(m, DeformableConv2d):
             hooks.append(m.register_forward_hook(dcn_hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(_probe(model, input_size))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    _forward_with_hooks(model, hooks, input_size)
     macs["total"] = macs["conv"] + macs["linear"] + macs["deformable"]
     return macs
