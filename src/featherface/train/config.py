@@ -1,0 +1,271 @@
+"""Training configuration: frozen dataclasses loaded from a TOML recipe.
+
+A recipe has top-level run keys and one table per part::
+
+    model = "featherface_v2"      # registry name
+    name = "v2_baseline"          # run folder: <output_dir>/<name>/
+    epochs = 400
+    seed = 42
+    [model_config]                # overrides of the model's config dataclass (e.g. dropblock_prob = 0.1)
+    [data]      -> DataConfig
+    [optim]     -> OptimConfig
+    [schedule]  -> ScheduleConfig
+    [distill]   -> DistillConfig   (teacher = "path" enables distillation)
+    [eval]      -> EvalConfig      (every = N enables periodic val AP)
+
+Unknown keys anywhere raise :class:`~featherface.errors.FeatherFaceError` naming the key and the known ones.
+Relative paths are kept as written and resolved against the working directory at run time.
+CLI overrides are applied with :func:`apply_overrides` (``{"data.batch_size": 8, "epochs": None, ...}``); a value
+of ``None`` means "not given" and never overrides the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from featherface.errors import FeatherFaceError
+
+__all__ = [
+    "DataConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "DistillConfig",
+    "EvalConfig",
+    "TrainConfig",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data and augmentation.
+
+    ``batch_size`` is per process (with ``torchrun --nproc_per_node=K`` the global batch is ``K * batch_size``).
+    ``max_images`` keeps the first N images of the label file (tiny runs, tests). ``mixup_prob`` / ``cutmix_prob``
+    are the per-sample rates of the detection-aware MixUp / CutMix of :class:`featherface.data.TrainTransform`.
+    """
+
+    train_labels: str = "../shared/data/widerface/train/label.txt"
+    train_images: str | None = None
+    image_size: int = 640
+    batch_size: int = 32
+    num_workers: int = 2
+    max_images: int | None = None
+    mixup_prob: float = 0.0
+    mixup_alpha: float = 0.2
+    cutmix_prob: float = 0.0
+    min_face_size: float = 0.0
+    distort: bool = True
+    drop_last: bool = False
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW. ``grad_clip`` (max global L2 norm) is off when None."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule, stepped every iteration.
+
+    ``warmup_cosine`` (seed report §3.3, per iteration): linear warm-up over ``warmup_epochs`` from
+    ``warmup_start_factor * lr`` to ``lr``, then cosine to ``min_lr``. ``onecycle`` (paper / V1 ``train.py``):
+    ``torch.optim.lr_scheduler.OneCycleLR`` with ``pct_start``, ``div_factor``, ``final_div_factor`` (the upstream
+    defaults). ``constant``: fixed ``lr``.
+    """
+
+    name: str = "warmup_cosine"
+    warmup_epochs: float = 5.0
+    warmup_start_factor: float = 0.0
+    min_lr: float = 1e-6
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from a teacher checkpoint (off when ``teacher`` is None).
+
+    Loss = ``(1 - alpha) * task + alpha * KD + feature_weight * feature`` with
+    ``KD = KL_T + box_weight * box + landmark_weight * landmark`` (see :mod:`featherface.train.distill`).
+    ``teacher_positive_threshold``: teacher face probability (at T = 1) from which an anchor is a teacher positive.
+    ``init_backbone``: copy the teacher's ``body.*`` (MobileNet) weights into the student before training.
+    """
+
+    teacher: str | None = None
+    alpha: float = 0.7
+    temperature: float = 4.0
+    feature_weight: float = 0.1
+    box_weight: float = 1.0
+    landmark_weight: float = 1.0
+    teacher_positive_threshold: float = 0.5
+    neg_pos_ratio: float = 7.0
+    init_backbone: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Periodic WIDER AP on a val subset (off when ``every`` is 0) and the choice of ``best.pth``.
+
+    ``max_images`` images are taken evenly spaced from ``image_list`` (all when None). ``protocol`` is a
+    :func:`featherface.eval.parse_protocol` name; ``longest-side-640`` is much cheaper than ``original-size``.
+    """
+
+    every: int = 0
+    images: str = "../shared/data/widerface/val/images"
+    image_list: str | None = "../shared/data/widerface/val/val-dev.txt"
+    gt: str = "../shared/data/widerface/oracle/gt_val_dev"
+    max_images: int | None = 100
+    protocol: str = "longest-side-640"
+    score_threshold: float = 0.02
+    nms_threshold: float = 0.4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``init_backbone``: a checkpoint whose ``body.*`` weights initialise the model's backbone
+    (our format or upstream; with a teacher and ``distill.init_backbone`` the teacher is used when this is None).
+    ``threads``: ``torch.set_num_threads`` (None leaves torch's default). ``log_every``: iterations between
+    ``"kind": "step"`` lines in ``metrics.jsonl`` (0: epoch lines only)."""
+
+    model: str = "featherface_v2"
+    name: str = "run"
+    output_dir: str = "runs"
+    epochs: int = 400
+    seed: int = 42
+    device: str = "cpu"
+    threads: int | None = None
+    init_backbone: str | None = None
+    log_every: int = 0
+    model_config: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise FeatherFaceError(f"epochs must be >= 1, got {self.epochs}")
+        if self.data.batch_size < 1 or self.data.image_size < 32:
+            raise FeatherFaceError("data.batch_size must be >= 1 and data.image_size >= 32")
+        if self.schedule.name not in ("warmup_cosine", "onecycle", "constant"):
+            raise FeatherFaceError(f"schedule.name must be warmup_cosine, onecycle or constant, got {self.schedule.name!r}")
+        if self.optim.name != "adamw":
+            raise FeatherFaceError(f"optim.name must be 'adamw', got {self.optim.name!r}")
+        if not 0.0 <= self.distill.alpha <= 1.0:
+            raise FeatherFaceError(f"distill.alpha must be in [0, 1], got {self.distill.alpha}")
+        if self.distill.temperature <= 0:
+            raise FeatherFaceError(f"distill.temperature must be > 0, got {self.distill.temperature}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "distill": DistillConfig,
+             "eval": EvalConfig}
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise FeatherFaceError(f"[{where}] must be a table, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise FeatherFaceError(f"unknown key(s) in [{where}]: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for k, v in values.items():
+        if isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a nested dict (TOML content or :func:`config_to_dict` output)."""
+    values = dict(values)
+    top_known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - top_known)
+    if unknown:
+        raise FeatherFaceError(f"unknown top-level key(s): {', '.join(unknown)}; known: {', '.join(sorted(top_known))}")
+    kwargs: dict[str, Any] = {}
+    for k, v in values.items():
+        if k in _SECTIONS:
+            kwargs[k] = _build(_SECTIONS[k], v, k)
+        elif k == "model_config":
+            if not isinstance(v, Mapping):
+                raise FeatherFaceError("[model_config] must be a table")
+            kwargs[k] = dict(v)
+        else:
+            kwargs[k] = v
+    cfg = TrainConfig(**kwargs)
+    # Validate the model overrides against the model's own config dataclass now, not at step 0.
+    from featherface.models.registry import config_from_dict as model_config_from_dict
+
+    model_config_from_dict(cfg.model, cfg.model_config)
+    return cfg
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """Plain nested dict (lists, no tuples) suitable for JSON, TOML-like logging and checkpoints."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a TOML recipe (unknown keys rejected)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatherFaceError(f"training recipe not found: {path}")
+    try:
+        with path.open("rb") as fh:
+            values = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise FeatherFaceError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_dict(values)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """Replace fields by dotted name (``"epochs"``, ``"data.batch_size"``, ``"model_config.dropblock_prob"``).
+
+    Entries whose value is None are ignored (a CLI option that was not given)."""
+    values = config_to_dict(cfg)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        parts = dotted.split(".")
+        if len(parts) == 1:
+            if parts[0] not in values or parts[0] in _SECTIONS or parts[0] == "model_config":
+                raise FeatherFaceError(f"cannot override {dotted!r}: not a top-level field")
+            values[parts[0]] = value
+        elif len(parts) == 2 and (parts[0] in _SECTIONS or parts[0] == "model_config"):
+            section = values[parts[0]]
+            if parts[0] in _SECTIONS and parts[1] not in section:
+                raise FeatherFaceError(f"unknown key {parts[1]!r} in [{parts[0]}]; known: {', '.join(sorted(section))}")
+            section[parts[1]] = value
+        else:
+            raise FeatherFaceError(f"cannot override {dotted!r}: use 'key' or 'section.key'")
+    return config_from_dict(values)
