@@ -144,21 +144,34 @@ class FaceDetector:
         resize: ``"original"``/``None`` (original size), an int (longest side in pixels) or a :class:`ResizePolicy`.
         max_side: longest side never exceeded (memory guard for huge images); ``None`` disables it.
         top_k / keep_top_k: optional caps on candidates before / faces after NMS.
-        num_threads: torch intra-op threads (``None`` leaves torch's setting).
+        num_threads: torch intra-op threads (``None`` leaves torch's setting); with ``backend="onnxruntime"`` the
+            session's ``intra_op_num_threads`` (``None``: 1).
+        backend: ``"torch"`` (default) or ``"onnxruntime"``: ``model`` is then a raw-output ``.onnx`` file from
+            ``featherface export`` (no ``--with-postprocess``); decoding and NMS are the same Python code.
     """
 
     def __init__(self, model: "str | os.PathLike | nn.Module | None" = None, *, device: str | torch.device = "cpu",
                  score_threshold: float = 0.5, nms_threshold: float = 0.4, resize: Any = None,
                  max_side: int | None = 2560, top_k: int | None = 5000, keep_top_k: int | None = 750,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, backend: str = "torch") -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise FeatherFaceError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if not 0.0 < nms_threshold <= 1.0:
             raise FeatherFaceError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
-        if num_threads is not None:
-            torch.set_num_threads(int(num_threads))
+        if backend not in ("torch", "onnxruntime"):
+            raise FeatherFaceError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        self.backend = backend
         self.device = torch.device(device)
-        self.model = _resolve_model(model, self.device)
+        if backend == "onnxruntime":
+            if not isinstance(model, (str, os.PathLike)) or Path(model).suffix.lower() != ".onnx":
+                raise FeatherFaceError(f"backend='onnxruntime' needs a path to an .onnx file, got {model!r}")
+            from featherface.export.ort_backend import OrtModel
+
+            self.model = OrtModel(model, num_threads=num_threads)
+        else:
+            if num_threads is not None:
+                torch.set_num_threads(int(num_threads))
+            self.model = _resolve_model(model, self.device)
         cfg = getattr(self.model, "config", None)
         self.steps = _as_tuple(getattr(cfg, "steps", (8, 16, 32)))
         self.min_sizes = _as_tuple(getattr(cfg, "min_sizes", ((16, 32), (64, 128), (256, 512))))

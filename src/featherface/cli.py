@@ -22,6 +22,14 @@ _COMMANDS = {
     "eval": ("featherface.eval.cli", "configure_parser", "run", "WIDER FACE evaluation (Easy / Medium / Hard AP)"),
     "train": ("featherface.train.cli", "configure_parser", "run", "train V1 or V2 (optionally distilled from a teacher)"),
     "export": ("featherface.export.cli", "configure_parser", "run", "export a checkpoint to ONNX"),
+    "quantize": ("featherface.export.cli", "configure_quantize_parser", "run_quantize",
+                 "INT8 static quantization (QDQ, per-channel) of an exported ONNX file"),
+    "prune": ("featherface.export.cli", "configure_prune_parser", "run_prune",
+              "structured channel pruning of V2 (SSH, BiFPN, heads) with a short fine-tune"),
+    "benchmark": ("featherface.export.cli", "configure_benchmark_parser", "run_benchmark",
+                  "size, MACs, memory and end-to-end latency of FeatherFace backends and peer detectors"),
+    "web": ("featherface.commands.web", "configure_parser", "run",
+            "serve the in-browser detector (ONNX Runtime Web) on localhost"),
 }
 _DATA_COMMANDS = {
     "check": ("featherface.data.cli", "configure_check_parser", "run_check", "validate a label file and its images"),

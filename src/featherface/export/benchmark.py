@@ -1,0 +1,5 @@
+"""placeholder"""
+def configure(p):
+    pass
+def run(args):
+    raise NotImplementedError

@@ -1,0 +1,121 @@
+"""``featherface export`` / ``quantize`` / ``prune`` / ``benchmark`` (one configure/run pair each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from featherface.errors import FeatherFaceError
+
+__all__ = ["configure_parser", "run", "configure_quantize_parser", "run_quantize", "configure_prune_parser",
+           "run_prune", "configure_benchmark_parser", "run_benchmark"]
+
+_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "widerface"
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 64x96, got {text!r}") from None
+    return h, w
+
+
+# ----------------------------------------------------------------------------------------------------------- export
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="FeatherFace checkpoint (.pth, ours or upstream V1) or a model name (random weights)")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16 for GridSample; default 17)")
+    p.add_argument("--with-postprocess", action="store_true",
+                   help="anchors, decoding and NonMaxSuppression in the graph; score/IoU thresholds become inputs")
+    p.add_argument("--max-detections", type=int, default=750, help="faces per image kept after NMS (in-graph only)")
+    p.add_argument("--example-size", type=_size, default=(64, 96), help="HxW of the tracing input (axes stay dynamic)")
+    p.add_argument("--parity-sizes", type=_size, nargs="*", default=[(64, 96), (96, 64)],
+                   help="HxW sizes at which ONNX Runtime is compared with PyTorch after a raw export")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check")
+
+
+def _load(spec: str):
+    from featherface.checkpoint import load_model
+    from featherface.models import build_model, list_models
+
+    if spec in list_models() and not Path(spec).exists():
+        return build_model(spec).eval()
+    return load_model(spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    from featherface.export.onnx_export import check_parity, export_onnx
+
+    model = _load(args.checkpoint)
+    path = export_onnx(model, args.output, opset=args.opset, with_postprocess=args.with_postprocess,
+                       max_detections=args.max_detections, example_size=args.example_size, check=not args.no_check)
+    msg = {"output": str(path), "bytes": path.stat().st_size, "opset": args.opset,
+           "with_postprocess": bool(args.with_postprocess), "model": getattr(model, "model_name", "?")}
+    if not args.no_check and not args.with_postprocess and args.parity_sizes:
+        err = check_parity(model, path, sizes=args.parity_sizes, batch=2)
+        msg["parity_max_abs_diff"] = err
+        msg["parity_sizes"] = ["%dx%d" % s for s in args.parity_sizes]
+        if err >= 1e-4:
+            raise FeatherFaceError(f"parity check failed: max abs difference {err:.3g} >= 1e-4")
+    print(json.dumps(msg))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------- quantize
+def configure_quantize_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="fp32 raw-output ONNX file from `featherface export`")
+    p.add_argument("-o", "--output", required=True, help="INT8 ONNX file to write")
+    p.add_argument("--calib-images", default=str(_DATA / "train" / "images"), help="folder of calibration images")
+    p.add_argument("-n", "--num-images", type=int, default=32, help="calibration images (N)")
+    p.add_argument("--calib-size", type=int, default=640, help="longest side of the calibration inputs")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default per-channel)")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--eval-images", default=None,
+                   help="WIDER val images root: also report AP change (val-dev list / GT from --eval-gt, --eval-list)")
+    p.add_argument("--eval-gt", default=None)
+    p.add_argument("--eval-list", default=None)
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N listed images")
+    p.add_argument("--eval-protocol", default="original", help="'original' or a longest side in pixels")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report", default=None, help="write the JSON report here")
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from featherface.export.quantize import quantize_report
+
+    report = quantize_report(args)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------ prune
+def configure_prune_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="V2 checkpoint (or model name for random weights)")
+    p.add_argument("-o", "--output", required=True, help="pruned checkpoint to write")
+    p.add_argument("--ratio", type=float, default=0.2, help="share of channels removed from SSH, BiFPN and heads")
+    p.add_argument("--finetune-steps", type=int, default=0, help="short fine-tune on the training images")
+    p.add_argument("--images", default=str(_DATA / "train"), help="training folder with label.txt and images/")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-4)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from featherface.export.prune import prune_cli
+
+    print(json.dumps(prune_cli(args), indent=2))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------- benchmark
+def configure_benchmark_parser(p: argparse.ArgumentParser) -> None:
+    from featherface.export.benchmark import configure
+
+    configure(p)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    from featherface.export.benchmark import run as bench_run
+
+    return bench_run(args)

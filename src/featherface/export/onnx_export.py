@@ -1,0 +1,240 @@
+"""Export FeatherFace V1 / V2 to ONNX (TorchScript-based exporter, ``dynamo=False``).
+
+Raw graph (default)
+    input ``input`` float32 ``[batch, 3, height, width]`` = BGR − (104, 117, 123) (see :func:`featherface.api.preprocess`);
+    outputs ``boxes [batch, anchors, 4]``, ``logits [batch, anchors, 2]``, ``landmarks [batch, anchors, 10]`` — the
+    :class:`~featherface.models.outputs.DetectionOutput` of the PyTorch model, all four axes dynamic.
+
+With post-processing (``with_postprocess=True``, see :mod:`featherface.export.postprocess_graph`)
+    inputs ``input``, ``score_threshold`` float32 ``[1]``, ``iou_threshold`` float32 ``[1]``; outputs
+    ``boxes [N, 4]`` (x1, y1, x2, y2, network-input pixels), ``scores [N]``, ``landmarks [N, 10]`` and
+    ``batch_index [N]`` (int64): the detections of every image of the batch, concatenated, image by image, each
+    image's faces by descending score. Select one image with ``batch_index == i``.
+
+V1's deformable convolutions are plain ``F.grid_sample`` + ``MatMul`` in PyTorch and export as ONNX ``GridSample``
+(opset >= 16). Its TF-style "same" max pool computes the padding from the input size in Python, which the tracer
+would freeze; during export it is replaced by an equivalent shape-agnostic form (pad 1 on every side, then drop the
+first row / column when that size is even), so V1 exports with dynamic height and width too.
+
+Metadata (``metadata_props``): ``featherface_version``, ``model_name``, ``model_config`` (JSON), ``anchors`` (JSON:
+steps, min_sizes, variances, order), ``preprocessing`` (JSON: colour order, mean, std, layout), ``outputs`` and
+``postprocess`` (``none`` or JSON of its settings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from featherface import __version__
+from featherface.errors import FeatherFaceError
+
+__all__ = ["DEFAULT_OPSET", "export_onnx", "export_friendly", "onnx_metadata", "check_parity", "RAW_OUTPUTS"]
+
+DEFAULT_OPSET = 17
+RAW_OUTPUTS = ("boxes", "logits", "landmarks")
+MEAN_BGR = (104.0, 117.0, 123.0)
+
+
+def _maxpool_same_dynamic(self, x: Tensor) -> Tensor:
+    """3×3/2 max pool with TF "same" zero padding, written without Python integers taken from the shape.
+
+    TF "same" for k=3, s=2: an odd size n pads (1, 1), an even size (0, 1), i.e. ``(n % 2, 1)``. Under the tracer
+    ``n % 2`` stays a graph value, so this exports as a Pad with computed pads.
+    """
+    h = x.shape[-2]
+    w = x.shape[-1]
+    x = F.pad(x, [w % 2, 1, h % 2, 1])
+    return F.max_pool2d(x, 3, 2)
+
+
+def _conv_same_dynamic(self, x: Tensor) -> Tensor:
+    """``_Conv2dSame`` with the TF "same" padding in traceable form (odd kernels, stride 1 or 2).
+
+    Stride 1: ``((k-1)//2, k-1-(k-1)//2)``, a constant. Stride 2, size n, r = n % 2: total ``k - 2 + r``, before
+    ``(k-3)//2 + r``, after ``(k-1)//2``.
+    """
+    k, s = self.conv.kernel_size[0], self.conv.stride[0]
+    if k == 1 and s == 1:
+        return self.conv(x)
+    if k % 2 == 0 or s not in (1, 2) or self.conv.kernel_size[1] != k or self.conv.stride[1] != s:
+        return _ORIGINAL["conv"](self, x)
+    if s == 1:
+        pads = [(k - 1) // 2, k - 1 - (k - 1) // 2] * 2
+    else:
+        h, w = x.shape[-2], x.shape[-1]
+        pads = [(k - 3) // 2 + w % 2, (k - 1) // 2, (k - 3) // 2 + h % 2, (k - 1) // 2]
+    return self.conv(F.pad(x, pads))
+
+
+_ORIGINAL: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def export_friendly() -> Iterator[None]:
+    """Temporarily swap shape-dependent Python code of the model blocks for traceable equivalents."""
+    from featherface.models import blocks
+
+    _ORIGINAL["pool"], _ORIGINAL["conv"] = blocks._MaxPoolSame.forward, blocks._Conv2dSame.forward
+    blocks._MaxPoolSame.forward = _maxpool_same_dynamic
+    blocks._Conv2dSame.forward = _conv_same_dynamic
+    try:
+        yield
+    finally:
+        blocks._MaxPoolSame.forward, blocks._Conv2dSame.forward = _ORIGINAL["pool"], _ORIGINAL["conv"]
+
+
+class _RawWrapper(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model(x)
+        return out.boxes, out.logits, out.landmarks
+
+
+def _config_dict(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return {}
+    if dataclasses.is_dataclass(cfg):
+        return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return dict(cfg) if isinstance(cfg, dict) else {}
+
+
+def onnx_metadata(model: nn.Module, postprocess: dict[str, Any] | None = None) -> dict[str, str]:
+    cfg = _config_dict(model)
+    anchors = {
+        "steps": cfg.get("steps", [8, 16, 32]),
+        "min_sizes": cfg.get("min_sizes", [[16, 32], [64, 128], [256, 512]]),
+        "variances": cfg.get("variances", [0.1, 0.2]),
+        "order": "level (stride 8, 16, 32) -> row -> column -> min_size; (cx, cy, w, h) normalised by W, H; "
+                 "grid ceil(H/s) x ceil(W/s), centre ((j+0.5)s/W, (i+0.5)s/H)",
+    }
+    meta = {
+        "featherface_version": __version__,
+        "model_name": str(getattr(model, "model_name", type(model).__name__)),
+        "model_config": json.dumps(cfg, sort_keys=True),
+        "anchors": json.dumps(anchors),
+        "preprocessing": json.dumps({"color": "BGR", "mean": list(MEAN_BGR), "std": [1.0, 1.0, 1.0],
+                                     "layout": "NCHW float32, 0-255 minus mean", "resize": "any size"}),
+        "postprocess": "none" if postprocess is None else json.dumps(postprocess, sort_keys=True),
+    }
+    if postprocess is None:
+        meta["outputs"] = ("boxes [B,A,4] encoded vs anchors; logits [B,A,2] (softmax[...,1] = face); "
+                           "landmarks [B,A,10] encoded")
+    else:
+        meta["outputs"] = ("boxes [N,4] x1y1x2y2 network-input pixels; scores [N]; landmarks [N,10] pixels; "
+                           "batch_index [N] int64; per image by descending score")
+    return meta
+
+
+def _set_metadata(path: Path, meta: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.doc_string = "FeatherFace face detector exported by featherface " + __version__
+    onnx.checker.check_model(proto)
+    tmp = path.with_name("." + path.name + ".tmp")
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    with_postprocess: bool = False,
+    max_detections: int = 750,
+    example_size: tuple[int, int] = (64, 96),
+    check: bool = True,
+) -> Path:
+    """Write ``model`` as ONNX to ``path`` and return the path.
+
+    Args:
+        model: a FeatherFace model (``build_model`` / ``load_model``), moved to CPU eval mode here.
+        opset: ONNX opset (>= 17; 16 is the minimum for ``GridSample``).
+        with_postprocess: include anchors, decoding and ``NonMaxSuppression`` (see module docstring).
+        max_detections: at most this many faces per image after NMS (graph constant; with post-processing only).
+        example_size: (H, W) of the tracing input; the exported axes are dynamic anyway.
+        check: run ``onnx.checker`` (always) and compare with PyTorch on the tracing input (raw export only).
+    """
+    try:
+        import onnx  # noqa: F401
+    except ImportError:  # pragma: no cover
+        raise FeatherFaceError("ONNX export needs the 'onnx' package: pip install 'featherface[onnx]'") from None
+    if opset < 16:
+        raise FeatherFaceError(f"opset {opset} is too old: GridSample (V1 deformable convs) needs >= 16; use 17")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    h, w = example_size
+    x = torch.zeros(1, 3, h, w)
+    x.normal_(0, 50, generator=torch.Generator().manual_seed(0))
+    post_meta = None
+    if with_postprocess:
+        from featherface.export.postprocess_graph import PostprocessWrapper
+
+        wrapper: nn.Module = PostprocessWrapper(model, max_detections=max_detections)
+        args: tuple = (x, torch.tensor([0.02]), torch.tensor([0.4]))
+        input_names = ["input", "score_threshold", "iou_threshold"]
+        output_names = ["boxes", "scores", "landmarks", "batch_index"]
+        dynamic_axes = {"input": {0: "batch", 2: "height", 3: "width"}, **{k: {0: "detections"} for k in output_names}}
+        post_meta = {"max_detections_per_image": int(max_detections), "nms": "ONNX NonMaxSuppression, IoU with the "
+                     "'+1' pixel convention (x2, y2 shifted by 1 before NMS)", "score_cut": "score > score_threshold",
+                     "pre_nms_top_k": None, "coordinates": "network-input pixels (divide by your resize scale)"}
+    else:
+        wrapper = _RawWrapper(model)
+        args = (x,)
+        input_names = ["input"]
+        output_names = list(RAW_OUTPUTS)
+        dynamic_axes = {"input": {0: "batch", 2: "height", 3: "width"},
+                        **{k: {0: "batch", 1: "anchors"} for k in output_names}}
+    wrapper.eval()
+    with export_friendly(), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python control flow are expected
+        torch.onnx.export(wrapper, args, str(path), dynamo=False, opset_version=int(opset), input_names=input_names,
+                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
+    _set_metadata(path, onnx_metadata(model, post_meta))
+    if check and not with_postprocess:
+        err = check_parity(model, path, sizes=[example_size])
+        if err >= 1e-4:
+            raise FeatherFaceError(f"exported graph differs from PyTorch: max abs difference {err:.3g} >= 1e-4")
+    return path
+
+
+def check_parity(model: nn.Module, path: str | os.PathLike, *, sizes=((64, 96),), batch: int = 1,
+                 num_threads: int = 1, seed: int = 0) -> float:
+    """Max abs difference between the raw ONNX outputs (onnxruntime) and PyTorch on random inputs of ``sizes``."""
+    from featherface.export.ort_backend import make_session
+
+    sess = make_session(path, num_threads=num_threads)
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    model = model.cpu().eval()
+    for h, w in sizes:
+        x = torch.randn(batch, 3, int(h), int(w), generator=g) * 50
+        with torch.no_grad():
+            ref = model(x)
+        out = sess.run(list(RAW_OUTPUTS), {"input": x.numpy()})
+        for o, r in zip(out, ref):
+            if o.shape != tuple(r.shape):
+                raise FeatherFaceError(f"ONNX output shape {o.shape} != PyTorch {tuple(r.shape)} at {h}x{w}")
+            worst = max(worst, float(np.abs(o - r.numpy()).max()))
+    return worst

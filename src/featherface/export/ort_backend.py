@@ -1,0 +1,104 @@
+"""onnxruntime sessions and an ORT-backed stand-in for a FeatherFace ``nn.Module``.
+
+:func:`make_session` always sets ``intra_op_num_threads`` explicitly (ORT ignores ``OMP_NUM_THREADS``; its default
+pool uses every core, which thrashes when several processes share a CPU), one inter-op thread, sequential execution
+and ``ORT_ENABLE_ALL`` graph optimisation.
+
+:class:`OrtModel` is callable like the PyTorch model (``model(x [B,3,H,W] Tensor) -> DetectionOutput``) and carries
+``config`` (steps, min_sizes, variances from the file's metadata) and ``model_name``, so
+``FaceDetector(path.onnx, backend="onnxruntime")`` reuses the PyTorch backend's decoding and NMS unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from featherface.errors import FeatherFaceError
+
+__all__ = ["make_session", "read_metadata", "OrtModel"]
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover
+        raise FeatherFaceError("the onnxruntime backend needs onnxruntime: pip install 'featherface[onnx]'") from None
+    return ort
+
+
+def make_session(path: str | os.PathLike, *, num_threads: int | None = 1, optimized_model_path: str | None = None):
+    """An ``InferenceSession`` on CPU with explicit threads and all graph optimisations."""
+    ort = _ort()
+    path = Path(path)
+    if not path.is_file():
+        raise FeatherFaceError(f"{path}: ONNX file not found")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(num_threads or os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if optimized_model_path:
+        so.optimized_model_filepath = str(optimized_model_path)
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise FeatherFaceError(f"{path}: onnxruntime cannot load this file: {str(exc).splitlines()[0][:200]}") from None
+
+
+def read_metadata(session_or_path: Any) -> dict[str, str]:
+    sess = session_or_path
+    if isinstance(session_or_path, (str, os.PathLike)):
+        import onnx
+
+        proto = onnx.load(str(session_or_path), load_external_data=False)
+        return {p.key: p.value for p in proto.metadata_props}
+    return dict(sess.get_modelmeta().custom_metadata_map)
+
+
+class OrtModel:
+    """A raw-output FeatherFace ONNX file run by onnxruntime, with the PyTorch model's call contract."""
+
+    def __init__(self, path: str | os.PathLike, *, num_threads: int | None = 1) -> None:
+        from featherface.models.outputs import DetectionOutput
+
+        self._out_cls = DetectionOutput
+        self.path = Path(path)
+        self.session = make_session(self.path, num_threads=num_threads)
+        meta = read_metadata(self.session)
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "batch_index" in outputs or meta.get("postprocess", "none") != "none":
+            raise FeatherFaceError(f"{self.path}: this ONNX file has post-processing inside the graph; "
+                                   "FaceDetector needs a raw export (featherface export without --with-postprocess)")
+        if outputs[:3] != ["boxes", "logits", "landmarks"]:
+            raise FeatherFaceError(f"{self.path}: outputs {outputs} are not FeatherFace's boxes/logits/landmarks")
+        anchors = json.loads(meta.get("anchors", "{}") or "{}")
+        self.config = SimpleNamespace(
+            steps=tuple(anchors.get("steps", (8, 16, 32))),
+            min_sizes=tuple(tuple(m) for m in anchors.get("min_sizes", ((16, 32), (64, 128), (256, 512)))),
+            variances=tuple(anchors.get("variances", (0.1, 0.2))),
+        )
+        self.model_name = meta.get("model_name", "onnx") + " (onnxruntime)"
+        self.metadata = meta
+        self.input_name = self.session.get_inputs()[0].name
+
+    def to(self, *args, **kwargs) -> "OrtModel":  # device moves are meaningless here (CPU provider)
+        return self
+
+    def eval(self) -> "OrtModel":
+        return self
+
+    def run_numpy(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(["boxes", "logits", "landmarks"], {self.input_name: np.ascontiguousarray(x, np.float32)})
+
+    def __call__(self, x: torch.Tensor):
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        boxes, logits, lms = self.run_numpy(arr)
+        return self._out_cls(torch.from_numpy(boxes), torch.from_numpy(logits), torch.from_numpy(lms))
