@@ -12,7 +12,7 @@ Protocol (written into the report):
 * threads: PyTorch ``torch.set_num_threads(n)``; ONNX Runtime ``intra_op_num_threads = n`` (one session per n),
   inter-op 1, sequential, ``ORT_ENABLE_ALL``;
 * peak memory: each detector in a fresh subprocess (10 calls at the largest size, 1 thread); peak RSS
-  (``ru_maxrss``) and its increase over the same process just before the model was loaded;
+  (``VmHWM``) and its increase over the same process just before the model was loaded;
 * INT8: the V2 fp32 export quantised with :func:`featherface.export.quantize.quantize_int8` on ``--calib-n``
   training images.
 """
@@ -178,16 +178,22 @@ def _peer_entries(args) -> tuple[list[_Entry], list[str]]:
 # ----------------------------------------------------------------------------------------------------------- memory
 def _mem_child(spec_json: str) -> None:
     """Subprocess body: build one detector from ``spec``, run it, print peak RSS figures (KiB) as JSON."""
-    import resource
-
     import cv2
+
+    def hwm_kib() -> int:  # VmHWM of this process; ru_maxrss would include the parent's RSS at fork time
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     spec = json.loads(spec_json)
     import torch  # noqa: F401  (import cost is part of the baseline, not the model)
     import onnxruntime  # noqa: F401
 
     img = cv2.resize(cv2.imread(spec["image"]), (spec["w"], spec["h"]))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = hwm_kib()
     if spec["kind"] == "featherface":
         from featherface.api import FaceDetector
         from featherface.checkpoint import load_model
@@ -206,7 +212,7 @@ def _mem_child(spec_json: str) -> None:
             return obj.detect(im, 1)
     for _ in range(10):
         call(img)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = hwm_kib()
     print(json.dumps({"base_kib": base, "peak_kib": peak}))
 
 

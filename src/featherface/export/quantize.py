@@ -74,14 +74,46 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ima
                "percentile": CalibrationMethod.Percentile}
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        try:
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        except Exception:  # ORT's symbolic shape inference gives up on V1's GridSample / dynamic pads
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        exclude = _sampling_path_nodes(pre)
         quantize_static(str(pre), str(out_path), _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        nodes_to_exclude=exclude,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method],
                         extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False})
     _copy_metadata(fp32_path, out_path, {"quantization": "int8 QDQ, per-channel" if per_channel else "int8 QDQ",
                                          "calibration_images": str(len(batches))})
     return out_path
+
+
+def _sampling_path_nodes(path: Path) -> list[str]:
+    """Nodes computing V1's GridSample sampling grids (offset convs and the position arithmetic), kept in float.
+
+    8-bit grids are far too coarse: a uint8 grid over [-1, 1] is an 8-pixel step on a 1024-pixel image. Walk back
+    from every GridSample's grid input, stopping at (and including) the Conv that predicts the offsets.
+    """
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    out: set[str] = set()
+    stack = [n.input[1] for n in g.node if n.op_type == "GridSample"]
+    seen: set[str] = set()
+    while stack:
+        t = stack.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        node = producer[t]
+        if node.op_type == "Shape":  # sizes, not values: do not walk into the feature map
+            continue
+        out.add(node.name)
+        if node.op_type != "Conv":
+            stack.extend(node.input)
+    return sorted(n for n in out if n)
 
 
 def compact_names(proto: Any) -> Any:
