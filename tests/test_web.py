@@ -61,7 +61,7 @@ def _browser_missing() -> str | None:
 
 def _checkpoint() -> Path | None:
     try:
-        from featherface.weights import default_weights_path
+        from featherface.pretrained import default_weights_path
 
         return Path(default_weights_path())
     except FeatherFaceError:

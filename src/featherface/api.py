@@ -118,7 +118,7 @@ def _resolve_model(model: "str | os.PathLike | nn.Module | None", device: str | 
     if isinstance(model, nn.Module):
         return model.to(device).eval()
     if model is None:
-        from featherface.weights import default_weights_path
+        from featherface.pretrained import default_weights_path
 
         return load_model(default_weights_path(), map_location=device).to(device)
     if isinstance(model, str) and model in list_models():

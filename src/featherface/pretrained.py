@@ -35,7 +35,7 @@ def sha256_of(path: str | Path) -> str:
 
 
 def _weights_dir() -> Path:
-    return Path(str(resources.files("featherface"))) / "weights"
+    return Path(str(resources.files("featherface"))) / "weights"  # data folder, not this module
 
 
 def default_weights_info() -> WeightsInfo:

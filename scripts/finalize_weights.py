@@ -1,0 +1,75 @@
+"""Turn a training checkpoint into the shipped default weights.
+
+    python scripts/finalize_weights.py runs/ship_v2/best.pth [--bn-batches 40] [--out src/featherface/weights]
+
+1. Optionally re-estimates BatchNorm statistics over training batches (``featherface.train.precise_bn``; the
+   recipe's labels, images and crop size are read from the checkpoint's training config).
+2. Writes an inference-only checkpoint (weights + model config + featherface version, no optimizer or training
+   state) as ``featherface_v2_default.pth`` and ``default.json`` (file, SHA-256, model name, parameters, provenance)
+   next to it; the package checks the SHA-256 at load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from featherface.checkpoint import load_model, read_checkpoint, save_checkpoint
+from featherface.fsutil import atomic_write_text
+from featherface.models.stats import count_parameters
+from featherface.pretrained import sha256_of
+
+FILE_NAME = "featherface_v2_default.pth"
+
+
+def _bn_batches(config: dict, n: int, batch_size: int, seed: int):
+    from featherface.data.dataset import WiderFaceDataset, detection_collate
+    from featherface.data.transforms import TrainTransform
+
+    data = config["data"]
+    ds = WiderFaceDataset(data["train_labels"], data.get("train_images"),
+                          transform=TrainTransform(image_size=int(data["image_size"])), seed=seed, verbose=False)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(ds), generator=g).tolist()
+    for b in range(n):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        if not idx:
+            return
+        images, _ = detection_collate([ds[i] for i in idx])
+        yield images
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("src/featherface/weights"))
+    ap.add_argument("--bn-batches", type=int, default=0, help="precise-BN batches (0 = keep the running statistics)")
+    ap.add_argument("--bn-batch-size", type=int, default=16)
+    ap.add_argument("--notes", default="")
+    args = ap.parse_args(argv)
+
+    raw = read_checkpoint(args.checkpoint)
+    extra = raw.get("extra", {}) if isinstance(raw, dict) else {}
+    config = extra.get("config") or {}
+    model = load_model(args.checkpoint)
+    if args.bn_batches:
+        from featherface.train.precise_bn import recompute_bn_stats
+
+        used = recompute_bn_stats(model, _bn_batches(config, args.bn_batches, args.bn_batch_size, seed=0))
+        print(f"BatchNorm statistics re-estimated over {used} training batches of {args.bn_batch_size}")
+    provenance = {"source_checkpoint": str(args.checkpoint), "epochs_trained": extra.get("epoch"),
+                  "precise_bn_batches": args.bn_batches, "train_config": config.get("name"), "notes": args.notes}
+    path = save_checkpoint(args.out / FILE_NAME, model, extra={"provenance": provenance})
+    info = {"file": FILE_NAME, "sha256": sha256_of(path), "model_name": model.model_name,
+            "params": count_parameters(model), "notes": args.notes or f"from {args.checkpoint}"}
+    atomic_write_text(args.out / "default.json", json.dumps(info, indent=2) + "\n")
+    print(f"{path}: {path.stat().st_size:,d} bytes, {info['params']:,d} parameters, sha256 {info['sha256'][:16]}…")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
