@@ -139,14 +139,21 @@ def test_server_one_line_errors(tmp_path, fake_ort):
         make_server(_tiny_onnx(tmp_path / "m.onnx"), port=0, ort_dir=tmp_path / "empty")
 
 
-def test_cli_without_model_says_pass_model(capsys):
+def test_without_model_the_bundled_weights_are_exported_once(tmp_path, monkeypatch):
     from featherface.commands.web import default_onnx_model
 
-    try:
-        default_onnx_model()
-        pytest.skip("a default ONNX model is packaged; the no-model error cannot occur")
-    except FeatherFaceError:
-        pass
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = default_onnx_model()
+    assert path.is_file() and path.parent == tmp_path / "featherface"
+    mtime = path.stat().st_mtime_ns
+    assert default_onnx_model() == path and path.stat().st_mtime_ns == mtime  # cached by the weights' digest
+
+
+def test_cli_without_model_or_default_weights_says_pass_model(tmp_path, monkeypatch, capsys):
+    from featherface import pretrained
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(pretrained, "_weights_dir", lambda: tmp_path / "no_weights")
     from featherface.cli import main
 
     assert main(["web", "--port", "0"]) == 2

@@ -61,10 +61,35 @@ def default_onnx_model() -> Path:
     if (weights / "default.onnx").is_file():
         return weights / "default.onnx"
     found = sorted(weights.glob("*.onnx")) if weights.is_dir() else []
-    if not found:
-        raise FeatherFaceError("no default ONNX model is bundled with this featherface build; pass --model PATH.onnx "
-                               "(made by `featherface export CHECKPOINT -o model.onnx --with-postprocess`)")
-    return found[0]
+    if found:
+        return found[0]
+    return _export_default_weights()
+
+
+def _export_default_weights() -> Path:
+    """Export the bundled default .pth weights (SHA-256 checked) with in-graph post-processing, cached by digest."""
+    import tempfile
+
+    from featherface.pretrained import default_weights_info, default_weights_path
+
+    try:
+        info = default_weights_info()
+        checkpoint = default_weights_path()
+    except FeatherFaceError as exc:
+        raise FeatherFaceError(f"{exc}; or pass --model PATH.onnx (made by `featherface export CHECKPOINT -o "
+                               "model.onnx --with-postprocess`)") from None
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "featherface"
+    target = cache / f"default-{info.sha256[:16]}.onnx"
+    if not target.is_file():
+        from featherface.checkpoint import load_model
+        from featherface.export.onnx_export import export_onnx
+
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            tmp_path = Path(tmp) / target.name
+            export_onnx(load_model(checkpoint), tmp_path, with_postprocess=True)
+            os.replace(tmp_path, target)
+    return target
 
 
 def find_ort_dir(explicit: str | os.PathLike | None = None) -> Path:
