@@ -97,6 +97,18 @@ def _floats(tokens: list[str]) -> list[float] | None:
         return None
 
 
+def _checked_numbers(fname: str, line: int, tokens: list[str], problems: list) -> list[float] | None:
+    """The tokens as finite floats, or None after recording a ``number`` problem for ``fname:line``."""
+    vals = _floats(tokens)
+    if vals is None:
+        problems.append(Problem(fname, line, "number", "a field is not a number"))
+        return None
+    if not all(math.isfinite(v) for v in vals):
+        problems.append(Problem(fname, line, "number", "NaN or infinite value"))
+        return None
+    return vals
+
+
 def _size_problem(fname: str, lineno: int, w: float, h: float) -> Problem | None:
     if w <= 0 or h <= 0:
         return Problem(fname, lineno, "size", f"box has zero or negative size (w={w:g}, h={h:g})")
@@ -177,12 +189,8 @@ def parse_retinaface_labels(path: str | Path, images_root: str | Path | None = N
             problems.append(Problem(fname, i, "columns",
                                     f"expected 20 numbers (or 4 for boxes only), found {len(tokens)}"))
             continue
-        vals = _floats(tokens)
+        vals = _checked_numbers(fname, i, tokens, problems)
         if vals is None:
-            problems.append(Problem(fname, i, "number", "a field is not a number"))
-            continue
-        if not all(math.isfinite(v) for v in vals):
-            problems.append(Problem(fname, i, "number", "NaN or infinite value"))
             continue
         x, y, w, h = vals[:4]
         sp = _size_problem(fname, i, w, h)
@@ -262,12 +270,8 @@ def parse_bbx_gt(path: str | Path, images_root: str | Path | None = None) -> Par
                 problems.append(Problem(fname, lineno, "columns",
                                         f"expected {BBX_GT_COLUMNS} numbers, found {len(tokens)}"))
                 continue
-            vals = _floats(tokens)
+            vals = _checked_numbers(fname, lineno, tokens, problems)
             if vals is None:
-                problems.append(Problem(fname, lineno, "number", "a field is not a number"))
-                continue
-            if not all(math.isfinite(v) for v in vals):
-                problems.append(Problem(fname, lineno, "number", "NaN or infinite value"))
                 continue
             x, y, w, h = vals[:4]
             sp = _size_problem(fname, lineno, w, h)

@@ -234,7 +234,20 @@ def _upsample_to(x: Tensor, ref: Tensor) -> Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="nearest")
 
 
-class BiFPNCell(nn.Module):
+class _BiFPNCellBase(nn.Module):
+    """Fusion weights shared by both BiFPN cells: P4 top-down (2), P3 (2), P4 bottom-up (3), P5 (3), all 1 at init."""
+
+    def __init__(self, first_time: bool, epsilon: float) -> None:
+        super().__init__()
+        self.first_time = first_time
+        self.epsilon = epsilon
+        self.p4_w1 = nn.Parameter(torch.ones(2))
+        self.p3_w1 = nn.Parameter(torch.ones(2))
+        self.p4_w2 = nn.Parameter(torch.ones(3))
+        self.p5_w2 = nn.Parameter(torch.ones(3))  # V1 quirk: w[2] weighs no input there but sits in the normaliser
+
+
+class BiFPNCell(_BiFPNCellBase):
     """One V1 BiFPN cell (EfficientDet-D0 style, 3 levels, fast normalised fusion, swish before each block).
 
     ``first_time`` cells map the raw backbone levels to ``channels`` with 1×1 conv + BN, and keep separate maps
@@ -243,13 +256,7 @@ class BiFPNCell(nn.Module):
 
     def __init__(self, channels: int = 64, in_channels: tuple[int, int, int] = (64, 128, 256), first_time: bool = False,
                  epsilon: float = 1e-4) -> None:
-        super().__init__()
-        self.first_time = first_time
-        self.epsilon = epsilon
-        self.p4_w1 = nn.Parameter(torch.ones(2))
-        self.p3_w1 = nn.Parameter(torch.ones(2))
-        self.p4_w2 = nn.Parameter(torch.ones(3))
-        self.p5_w2 = nn.Parameter(torch.ones(3))  # upstream quirk: w[2] weighs no input but sits in the normaliser
+        super().__init__(first_time, epsilon)
         self.conv4_up = _SeparableConvBlock(channels)
         self.conv3_up = _SeparableConvBlock(channels)
         self.conv4_down = _SeparableConvBlock(channels)
@@ -293,18 +300,12 @@ class _DepthwiseSeparable(nn.Module):
         return self.bn2(self.pointwise(F.relu(self.bn1(self.depthwise(x)))))
 
 
-class BiFPNLightCell(nn.Module):
+class BiFPNLightCell(_BiFPNCellBase):
     """One V2 BiFPN_Light cell (32 channels, SiLU before each block, 3-input P5 node, symmetric max pool)."""
 
     def __init__(self, channels: int = 32, in_channels: tuple[int, int, int] = (64, 128, 256), first_time: bool = False,
                  epsilon: float = 1e-4) -> None:
-        super().__init__()
-        self.first_time = first_time
-        self.epsilon = epsilon
-        self.p4_w1 = nn.Parameter(torch.ones(2))
-        self.p3_w1 = nn.Parameter(torch.ones(2))
-        self.p4_w2 = nn.Parameter(torch.ones(3))
-        self.p5_w2 = nn.Parameter(torch.ones(3))
+        super().__init__(first_time, epsilon)
         self.conv4_up = _DepthwiseSeparable(channels)
         self.conv3_up = _DepthwiseSeparable(channels)
         self.conv4_down = _DepthwiseSeparable(channels)
