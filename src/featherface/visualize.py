@@ -27,5 +27,5 @@ def draw_faces(image_bgr: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         for colour, name in zip(_POINT_COLOURS, LANDMARK_NAMES):
             if name in face.landmarks:
                 x, y = face.landmarks[name]
-                cv2.circle(out, (int(round(x)), int(round(y))), max(1, thick), colour, -1)
+                cv2.circle(out, (int(round(x)), int(round(y))), 2 + thick, colour, -1)
     return out
