@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from featherface.errors import FeatherFaceError, InputError
+from featherface.errors import InputError
 
 __all__ = ["configure_parser", "run", "main"]
 
@@ -115,14 +115,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="featherface eval", description=__doc__.split("\n\n")[0])
-    configure_parser(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except FeatherFaceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """``python -m featherface.eval.cli ...`` = ``featherface eval ...`` (one parse / error path: featherface.cli)."""
+    from featherface.cli import main as featherface_main
+
+    return featherface_main(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -131,14 +131,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="featherface train", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except FeatherFaceError as exc:
-        print(f"featherface train: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m featherface.train.cli ...`` = ``featherface train ...`` (one parse / error path: featherface.cli)."""
+    from featherface.cli import main as featherface_main
+
+    return featherface_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover
