@@ -138,3 +138,18 @@ def test_teacher_finds_the_bundled_face(teacher):
     # image-left eye is left of the image-right eye; nose between the eyes and the mouth
     assert f.landmarks["left_eye"][0] < f.landmarks["right_eye"][0]
     assert f.landmarks["left_eye"][1] < f.landmarks["nose"][1] < f.landmarks["mouth_left"][1]
+
+
+def test_preprocess_equals_the_reference_formula():
+    from featherface.api import MEAN_BGR, preprocess
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+
+    def reference(a):
+        return np.ascontiguousarray((a.astype(np.float32) - np.asarray(MEAN_BGR, np.float32)).transpose(2, 0, 1))
+
+    assert np.array_equal(preprocess(img), reference(img))
+    assert np.array_equal(preprocess(img, flip=True), reference(img[:, ::-1]))
+    assert np.array_equal(preprocess(img[:, ::2]), reference(img[:, ::2]))  # non-contiguous input
+    assert preprocess(img).flags["C_CONTIGUOUS"] and preprocess(img).dtype == np.float32

@@ -207,3 +207,25 @@ def test_quantize_int8_smaller_and_runs(v2_onnx, tmp_path):
     for h, w in SIZES[:2]:
         boxes, logits, lms = sess.run(None, {"input": np.zeros((1, 3, h, w), np.float32)})
         assert boxes.shape[1] == make_anchors((h, w)).shape[0]
+
+
+def test_quantize_keep_float_groups_and_histogram_calibration(v2_onnx, tmp_path):
+    from featherface.errors import FeatherFaceError
+    from featherface.export.quantize import float_nodes, quantize_int8
+
+    rng = np.random.default_rng(0)
+    calib = [rng.integers(0, 255, (48 + 8 * i, 64, 3), dtype=np.uint8) for i in range(2)]  # two shapes
+    heads = float_nodes(v2_onnx, ["heads"])
+    assert len([n for n in heads if n.endswith("Conv")]) == 9  # 3 levels × (cls, bbox, ldm)
+    full = quantize_int8(v2_onnx, tmp_path / "all.onnx", calib, calib_size=64)
+    # histogram methods need one input shape: the calibration inputs are padded to 64×64
+    part = quantize_int8(v2_onnx, tmp_path / "part.onnx", calib, calib_size=64, method="percentile",
+                         keep_float=("heads", "attention"))
+    n_q = [sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(p)).graph.node) for p in (full, part)]
+    assert n_q[1] < n_q[0]
+    meta = {p.key: p.value for p in onnx.load(str(part)).metadata_props}
+    assert meta["float_groups"] == "heads,attention" and meta["calibration_method"] == "percentile"
+    boxes, _, _ = _session(part).run(None, {"input": np.zeros((1, 3, 64, 96), np.float32)})
+    assert boxes.shape[1] == make_anchors((64, 96)).shape[0]
+    with pytest.raises(FeatherFaceError, match="unknown --keep-float"):
+        float_nodes(v2_onnx, ["gates"])

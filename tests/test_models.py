@@ -145,3 +145,23 @@ def test_dropblock_is_active_only_in_training():
     torch.manual_seed(1)
     d = model(x)
     assert not torch.equal(c.logits, d.logits)
+
+
+def test_v2_inner_widths_are_validated_and_default_to_upstream():
+    import pytest
+
+    from featherface.models.featherface_v2 import FeatherFaceV2Config
+
+    cfg = FeatherFaceV2Config()
+    assert (cfg.ssh_width, cfg.feature_channels) == (32, 32)
+    narrowed = build_model("featherface_v2", channels=26, ssh_channels=32, ssh_hidden=(12, 8), shuffle_hidden=12,
+                           head_channels=24)
+    out = narrowed(torch.zeros(1, 3, 64, 64))
+    assert out.boxes.shape == (1, 2 * (64 + 16 + 4), 4)
+    assert narrowed.shared_heads[0].cls_head.in_channels == 24
+    with pytest.raises(ValueError, match="multiple of ssh_groups"):
+        FeatherFaceV2Config(shuffle_hidden=10)
+    with pytest.raises(ValueError, match="two widths"):
+        FeatherFaceV2Config(ssh_hidden=(8,))
+    with pytest.raises(ValueError, match="SSH width"):
+        FeatherFaceV2Config(channels=26)  # SSH output would be 26 = 13 + 6.5 + 6.5

@@ -31,6 +31,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="restrict the run and the ground truth to these images (e.g. val-dev.txt: one event/image.jpg per line)",
     )
+    parser.add_argument("--max-images", type=int, metavar="N",
+                        help="with --model: only N images, evenly spaced over the (listed) images, as the trainer's "
+                             "periodic AP does")
     parser.add_argument("--output", "-o", metavar="DIR", help="output folder (default: eval_<protocol> / none for --predictions)")
     t = parser.add_argument_group("test-time protocol (with --model)")
     t.add_argument(
@@ -97,6 +100,14 @@ def run(args: argparse.Namespace) -> int:
     from featherface.api import FaceDetector
 
     detector = FaceDetector(args.model, device=args.device)
+    image_list = args.image_list
+    if args.max_images is not None:
+        if args.max_images < 1:
+            raise InputError(f"--max-images must be >= 1, got {args.max_images}")
+        from featherface.eval.runner import list_images
+        from featherface.eval.runner import evenly_spaced
+
+        image_list = evenly_spaced(list_images(args.images, args.image_list), args.max_images)
     out = out or Path(f"eval_{protocol.name}")
     model_info = {"model": str(args.model), "device": args.device}
     result, report = evaluate_detector(
@@ -104,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         args.images,
         gtd,
         output_dir=out,
-        image_list=args.image_list,
+        image_list=image_list,
         protocol=protocol,
         model_info=model_info,
         progress=not args.no_progress,

@@ -36,6 +36,7 @@ from featherface.eval.widerface import (
 
 __all__ = [
     "list_images",
+    "evenly_spaced",
     "read_image",
     "run_detector",
     "save_pr_curve",
@@ -70,6 +71,14 @@ def list_images(images_root: str | os.PathLike, image_list: str | os.PathLike | 
     if not found:
         raise InputError(f"image folder {root} has no images")
     return found
+
+
+def evenly_spaced(items: Sequence[str], n: int | None) -> list[str]:
+    """``n`` items spread evenly over ``items`` (first and last included), in order; all of them when ``n`` is None."""
+    if n is None or n >= len(items):
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
+    return [items[i] for i in sorted(set(idx.tolist()))]
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

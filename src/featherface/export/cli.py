@@ -71,7 +71,11 @@ def configure_quantize_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-images", type=int, default=32, help="calibration images (N)")
     p.add_argument("--calib-size", type=int, default=640, help="longest side of the calibration inputs")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default per-channel)")
-    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="activation-range calibration (default minmax)")
+    p.add_argument("--percentile", type=float, default=99.999, help="clipping percentile of --method percentile")
+    p.add_argument("--keep-float", nargs="*", default=[], metavar="GROUP",
+                   help="parts left in float32: attention (sigmoid gates), heads, neck, ssh, stem, stage1, stage2, stage3")
     p.add_argument("--eval-images", default=None,
                    help="WIDER val images root: also report AP change (val-dev list / GT from --eval-gt, --eval-list)")
     p.add_argument("--eval-gt", default=None)
@@ -95,10 +99,11 @@ def configure_prune_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="V2 checkpoint (or model name for random weights)")
     p.add_argument("-o", "--output", required=True, help="pruned checkpoint to write")
     p.add_argument("--ratio", type=float, default=0.2, help="share of channels removed from SSH, BiFPN and heads")
-    p.add_argument("--finetune-steps", type=int, default=0, help="short fine-tune on the training images")
-    p.add_argument("--images", default=str(_DATA / "train"), help="training folder with label.txt and images/")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--finetune-config", metavar="TOML",
+                   help="fine-tune the pruned weights with this training recipe (its model widths are replaced by "
+                        "the pruned ones; e.g. configs/prune_finetune_v2.toml)")
+    p.add_argument("--finetune-epochs", type=int, help="override the recipe's epoch count")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def run_prune(args: argparse.Namespace) -> int:

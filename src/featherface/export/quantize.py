@@ -21,7 +21,7 @@ import numpy as np
 
 from featherface.errors import FeatherFaceError
 
-__all__ = ["quantize_int8", "calibration_images", "quantize_report"]
+__all__ = ["FLOAT_GROUPS", "float_nodes", "quantize_int8", "calibration_images", "quantize_report"]
 
 
 def calibration_images(folder: str | os.PathLike, n: int, seed: int = 0) -> list[Path]:
@@ -37,7 +37,9 @@ def calibration_images(folder: str | os.PathLike, n: int, seed: int = 0) -> list
     return [paths[i] for i in sorted(idx)]
 
 
-def _prepare(image: Any, calib_size: int | None) -> np.ndarray:
+def _prepare(image: Any, calib_size: int | None, square: bool = False) -> np.ndarray:
+    """``[1, 3, h, w]`` network input; ``square``: zero-padded (= mean colour) to ``calib_size``² at bottom/right,
+    because ORT's histogram calibrators stack the activations of all calibration inputs and need one shape."""
     import cv2
 
     from featherface.api import preprocess
@@ -46,19 +48,56 @@ def _prepare(image: Any, calib_size: int | None) -> np.ndarray:
     if img is None:
         raise FeatherFaceError(f"cannot read calibration image {image}")
     scale = 1.0 if calib_size is None else float(calib_size) / max(img.shape[:2])
-    return preprocess(img, scale)[None]
+    x = preprocess(img, scale)[None]
+    if square:
+        if calib_size is None:
+            raise FeatherFaceError("histogram calibration needs a fixed --calib-size")
+        pad = np.zeros((1, 3, calib_size, calib_size), dtype=x.dtype)
+        h, w = min(x.shape[2], calib_size), min(x.shape[3], calib_size)
+        pad[:, :, :h, :w] = x[:, :, :h, :w]
+        x = pad
+    return x
+
+
+#: Parts of the network that ``keep_float`` can leave in float32, by the module path in the exported node names.
+FLOAT_GROUPS: dict[str, tuple[str, ...]] = {
+    "attention": ("cbam_manager", "/model/cbam", "ChannelGate", "SpatialGate"),  # sigmoid gates (V2 / V1 names)
+    "heads": ("shared_heads", "ClassHead", "BboxHead", "LandmarkHead"),
+    "neck": ("/model/bifpn",),
+    "ssh": ("/model/ssh",),
+    "stem": ("/model/body/stage1/stage1.0/",),  # the first 3×3 conv sees raw mean-subtracted pixels
+    "stage1": ("/model/body/stage1/",),
+    "stage2": ("/model/body/stage2/",),
+    "stage3": ("/model/body/stage3/",),
+}
+
+
+def float_nodes(path: str | os.PathLike, groups: Iterable[str]) -> list[str]:
+    """Names of the nodes of ``path`` that belong to the ``groups`` of :data:`FLOAT_GROUPS`."""
+    import onnx
+
+    unknown = sorted(set(groups) - set(FLOAT_GROUPS))
+    if unknown:
+        raise FeatherFaceError(f"unknown --keep-float group(s) {', '.join(unknown)}; known: {', '.join(FLOAT_GROUPS)}")
+    keys = [k for g in groups for k in FLOAT_GROUPS[g]]
+    return sorted(n.name for n in onnx.load(str(path)).graph.node if n.name and any(k in n.name for k in keys))
 
 
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: Sequence[Any], *,
-                  calib_size: int | None = 640, per_channel: bool = True, method: str = "minmax") -> Path:
-    """Write the INT8 (QDQ) model of ``fp32_path`` to ``out_path``, calibrated on ``images`` (paths or BGR arrays)."""
+                  calib_size: int | None = 640, per_channel: bool = True, method: str = "minmax",
+                  keep_float: Iterable[str] = (), percentile: float = 99.999) -> Path:
+    """Write the INT8 (QDQ) model of ``fp32_path`` to ``out_path``, calibrated on ``images`` (paths or BGR arrays).
+
+    ``keep_float``: groups of :data:`FLOAT_GROUPS` left in float32. ``percentile``: the clipping percentile of the
+    ``percentile`` calibration method.
+    """
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    batches = [_prepare(im, calib_size) for im in images]
+    batches = [_prepare(im, calib_size, square=(method != "minmax")) for im in images]
     if not batches:
         raise FeatherFaceError("quantization needs at least one calibration image")
 
@@ -78,14 +117,19 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ima
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
         except Exception:  # ORT's symbolic shape inference gives up on V1's GridSample / dynamic pads
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        exclude = _sampling_path_nodes(pre)
+        keep_float = tuple(keep_float)
+        exclude = sorted(set(_sampling_path_nodes(pre)) | set(float_nodes(pre, keep_float)))
+        if method not in methods:
+            raise FeatherFaceError(f"unknown calibration method {method!r}; known: {', '.join(methods)}")
         quantize_static(str(pre), str(out_path), _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         nodes_to_exclude=exclude,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method],
-                        extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False})
+                        extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False,
+                                       "CalibPercentile": float(percentile)})
     _copy_metadata(fp32_path, out_path, {"quantization": "int8 QDQ, per-channel" if per_channel else "int8 QDQ",
-                                         "calibration_images": str(len(batches))})
+                                         "calibration_images": str(len(batches)), "calibration_method": method,
+                                         "float_groups": ",".join(keep_float)})
     return out_path
 
 
@@ -203,10 +247,13 @@ def quantize_report(args: Any) -> dict[str, Any]:
     out = Path(args.output)
     images = calibration_images(args.calib_images, args.num_images)
     t = time.perf_counter()
-    quantize_int8(fp32, out, images, calib_size=args.calib_size, per_channel=not args.per_tensor, method=args.method)
+    keep = tuple(getattr(args, "keep_float", None) or ())
+    quantize_int8(fp32, out, images, calib_size=args.calib_size, per_channel=not args.per_tensor, method=args.method,
+                  keep_float=keep, percentile=getattr(args, "percentile", 99.999))
     report: dict[str, Any] = {
         "fp32": str(fp32), "int8": str(out), "calibration": {"folder": str(args.calib_images), "images": len(images),
                                                            "longest_side": args.calib_size, "method": args.method},
+        "float_groups": list(keep),
         "quantize_s": round(time.perf_counter() - t, 1),
         "bytes_fp32": fp32.stat().st_size, "bytes_int8": out.stat().st_size,
         "size_ratio": round(fp32.stat().st_size / out.stat().st_size, 2),

@@ -361,27 +361,32 @@ class SSH(nn.Module):
         return F.relu(torch.cat((c3, c5, c7), dim=1))
 
 
-def _grouped3x3(channels: int, groups: int, factorised: bool) -> list[nn.Module]:
+def _grouped3x3(channels: int, groups: int, factorised: bool, in_channels: int | None = None) -> list[nn.Module]:
+    cin = channels if in_channels is None else in_channels
     if factorised:  # design reference §2.9 (a): 1×3 then 3×1, grouped, no BN in between
-        return [nn.Conv2d(channels, channels, (1, 3), 1, (0, 1), groups=groups, bias=False),
+        return [nn.Conv2d(cin, channels, (1, 3), 1, (0, 1), groups=groups, bias=False),
                 nn.Conv2d(channels, channels, (3, 1), 1, (1, 0), groups=groups, bias=False)]
-    return [nn.Conv2d(channels, channels, 3, 1, 1, groups=groups, bias=False)]
+    return [nn.Conv2d(cin, channels, 3, 1, 1, groups=groups, bias=False)]
 
 
 class SSHGrouped(nn.Module):
     """V2 SSH: 1×1 reductions and grouped 3×3 convs (no deformable convs), ReLU; output C channels.
 
     ``factorised=True`` replaces every grouped 3×3 by a grouped 1×3 + 3×1 pair (the seed report's description).
+    ``hidden``: widths of the two 1×1 reductions (3×3 branch, 5×5/7×7 branch); default ``(C/2, C/4)``. Pruned models
+    set them lower (each a multiple of ``groups``).
     """
 
-    def __init__(self, in_channels: int = 32, out_channels: int = 32, groups: int = 4, factorised: bool = False) -> None:
+    def __init__(self, in_channels: int = 32, out_channels: int = 32, groups: int = 4, factorised: bool = False,
+                 hidden: tuple[int, int] | None = None) -> None:
         super().__init__()
         half, quarter = out_channels // 2, out_channels // 4
+        h3, h5 = hidden if hidden is not None else (half, quarter)
         g3 = _grouped3x3
-        self.conv3x3 = nn.Sequential(nn.Conv2d(in_channels, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
-                                     *g3(half, groups, factorised), nn.BatchNorm2d(half))
-        self.conv5x5_1 = nn.Sequential(nn.Conv2d(in_channels, quarter, 1, bias=False), nn.BatchNorm2d(quarter),
-                                       nn.ReLU(inplace=True), *g3(quarter, groups, factorised), nn.BatchNorm2d(quarter))
+        self.conv3x3 = nn.Sequential(nn.Conv2d(in_channels, h3, 1, bias=False), nn.BatchNorm2d(h3), nn.ReLU(inplace=True),
+                                     *g3(half, groups, factorised, h3), nn.BatchNorm2d(half))
+        self.conv5x5_1 = nn.Sequential(nn.Conv2d(in_channels, h5, 1, bias=False), nn.BatchNorm2d(h5),
+                                       nn.ReLU(inplace=True), *g3(quarter, groups, factorised, h5), nn.BatchNorm2d(quarter))
         self.conv5x5_2 = nn.Sequential(*g3(quarter, groups, factorised), nn.BatchNorm2d(quarter))
         self.conv7x7_2 = nn.Sequential(*g3(quarter, groups, factorised), nn.BatchNorm2d(quarter), nn.ReLU(inplace=True))
         self.conv7x7_3 = nn.Sequential(*g3(quarter, groups, factorised), nn.BatchNorm2d(quarter))
@@ -430,15 +435,20 @@ class ChannelShuffleBlock(nn.Sequential):
 
 
 class ChannelShuffleLight(nn.Module):
-    """V2 ``sshN_cs``: standard shuffle(g) → 1×1 C→C/2 (g) → BN → ReLU → 1×1 C/2→C (g) → BN → ReLU."""
+    """V2 ``sshN_cs``: standard shuffle(g) → 1×1 C→C/2 (g) → BN → ReLU → 1×1 C/2→C (g) → BN → ReLU.
 
-    def __init__(self, channels: int = 32, groups: int = 4) -> None:
+    ``hidden`` (default C/2) and ``out_channels`` (default C) are set lower by pruning (multiples of ``groups``).
+    """
+
+    def __init__(self, channels: int = 32, groups: int = 4, hidden: int | None = None,
+                 out_channels: int | None = None) -> None:
         super().__init__()
         self.groups = groups
-        half = channels // 2
+        half = channels // 2 if hidden is None else hidden
+        out = channels if out_channels is None else out_channels
         self.conv = nn.Sequential(nn.Conv2d(channels, half, 1, groups=groups, bias=False), nn.BatchNorm2d(half),
-                                  nn.ReLU(inplace=True), nn.Conv2d(half, channels, 1, groups=groups, bias=False),
-                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+                                  nn.ReLU(inplace=True), nn.Conv2d(half, out, 1, groups=groups, bias=False),
+                                  nn.BatchNorm2d(out), nn.ReLU(inplace=True))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(channel_shuffle(x, self.groups))

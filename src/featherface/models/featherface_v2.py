@@ -36,6 +36,9 @@ class FeatherFaceV2Config:
     neck: ``bifpn_light`` (upstream) or ``bifpn_v1`` (V1's BiFPN cell at V2 width, ablation).
     attention: ``cbam_plus`` (upstream) or ``cbam_v1`` (V1's CBAM per level, ablation).
     dropblock_prob: DropBlock on the neck features fed to the SSH, active in training only (0 disables it).
+    ssh_hidden / shuffle_hidden / head_channels: inner widths that structured pruning narrows (``None``: the upstream
+    widths ``(C/2, C/4)``, ``C/2`` and ``C``); each must be a multiple of ``ssh_groups``. ``channels`` is the BiFPN
+    trunk width; the SSH output stays 32 wide in pruned models (see ``featherface.export.prune``).
     """
 
     channels: int = 32
@@ -52,6 +55,19 @@ class FeatherFaceV2Config:
     min_sizes: tuple = ((16, 32), (64, 128), (256, 512))
     steps: tuple = (8, 16, 32)
     variances: tuple = (0.1, 0.2)
+    ssh_channels: int | None = None
+    ssh_hidden: tuple | None = None
+    shuffle_hidden: int | None = None
+    head_channels: int | None = None
+
+    @property
+    def ssh_width(self) -> int:
+        return self.channels if self.ssh_channels is None else int(self.ssh_channels)
+
+    @property
+    def feature_channels(self) -> int:
+        """Width of the features fed to the heads (``[B, feature_channels, H/s, W/s]``)."""
+        return self.ssh_width if self.head_channels is None else int(self.head_channels)
 
     def __post_init__(self) -> None:
         for field, value, allowed in (("ssh", self.ssh, _SSH_KINDS), ("head", self.head, _HEAD_KINDS),
@@ -62,6 +78,21 @@ class FeatherFaceV2Config:
             raise ValueError(f"FeatherFaceV2Config.bifpn_cells must be >= 1, got {self.bifpn_cells}")
         if not 0.0 <= self.dropblock_prob < 1.0:
             raise ValueError(f"FeatherFaceV2Config.dropblock_prob must be in [0, 1), got {self.dropblock_prob}")
+        g = self.ssh_groups
+        widths = {"shuffle_hidden": self.shuffle_hidden, "head_channels": self.head_channels}
+        if self.ssh_hidden is not None:
+            if len(self.ssh_hidden) != 2:
+                raise ValueError(f"FeatherFaceV2Config.ssh_hidden must be two widths, got {self.ssh_hidden!r}")
+            widths.update({"ssh_hidden[0]": self.ssh_hidden[0], "ssh_hidden[1]": self.ssh_hidden[1]})
+            if self.ssh == "v1":
+                raise ValueError("FeatherFaceV2Config.ssh_hidden needs a grouped SSH (ssh = 'grouped' or 'factorised')")
+        for field, value in widths.items():
+            if value is not None and (int(value) < g or int(value) % g):
+                raise ValueError(f"FeatherFaceV2Config.{field} must be a positive multiple of ssh_groups={g}, "
+                                 f"got {value}")
+        if self.ssh_width % 4 or (self.ssh_width // 4) % g:
+            raise ValueError(f"FeatherFaceV2Config SSH width {self.ssh_width} must split into C/2 + C/4 + C/4 "
+                             f"with each part a multiple of ssh_groups={g}")
 
 
 class _V1Attention(nn.Module):
@@ -98,9 +129,12 @@ class FeatherFaceV2(nn.Module):
 
             self.dropblock = DropBlock2d(drop_prob=cfg.dropblock_prob, block_size=cfg.dropblock_size)
         self.ssh1, self.ssh2, self.ssh3 = (self._ssh(cfg) for _ in range(3))
-        self.ssh1_cs, self.ssh2_cs, self.ssh3_cs = (ChannelShuffleLight(c, cfg.ssh_groups) for _ in range(3))
+        s, hc = cfg.ssh_width, cfg.feature_channels
+        self.ssh1_cs, self.ssh2_cs, self.ssh3_cs = (ChannelShuffleLight(s, cfg.ssh_groups, cfg.shuffle_hidden, hc)
+                                                    for _ in range(3))
         n_heads = 3 if cfg.head == "per_level" else 1
-        self.shared_heads = nn.ModuleList(SharedMultiHead(c, 2, trunk=(cfg.head == "shared_trunk")) for _ in range(n_heads))
+        self.shared_heads = nn.ModuleList(SharedMultiHead(hc, 2, trunk=(cfg.head == "shared_trunk"))
+                                          for _ in range(n_heads))
 
     def _attention(self, channels: dict[str, int], shared: bool) -> nn.Module:
         if self.cfg.attention == "cbam_v1":
@@ -110,11 +144,13 @@ class FeatherFaceV2(nn.Module):
     @staticmethod
     def _ssh(cfg: FeatherFaceV2Config) -> nn.Module:
         if cfg.ssh == "v1":
-            return SSH(cfg.channels, cfg.channels)
-        return SSHGrouped(cfg.channels, cfg.channels, groups=cfg.ssh_groups, factorised=(cfg.ssh == "factorised"))
+            return SSH(cfg.channels, cfg.ssh_width)
+        hidden = tuple(int(h) for h in cfg.ssh_hidden) if cfg.ssh_hidden is not None else None
+        return SSHGrouped(cfg.channels, cfg.ssh_width, groups=cfg.ssh_groups, factorised=(cfg.ssh == "factorised"),
+                          hidden=hidden)
 
     def forward_with_features(self, x: Tensor) -> tuple[DetectionOutput, list[Tensor]]:
-        """Outputs plus the three neck features fed to the heads (``[B, 32, H/s, W/s]``, s = 8, 16, 32)."""
+        """Outputs plus the three features fed to the heads (``[B, feature_channels, H/s, W/s]``, s = 8, 16, 32)."""
         feats = self.body(x)
         feats = [self.backbone_cbam_manager(f, k) for f, k in zip(feats, self.backbone_levels)]
         feats = self.bifpn(feats)

@@ -140,6 +140,8 @@ class EvalConfig:
 class TrainConfig:
     """One training run. ``init_backbone``: a checkpoint whose ``body.*`` weights initialise the model's backbone
     (our format or upstream; with a teacher and ``distill.init_backbone`` the teacher is used when this is None).
+    ``init_weights``: a checkpoint whose whole state dict initialises the model, loaded strictly (fine-tuning, e.g.
+    a pruned model; ``model_config`` must describe its widths); it takes precedence over both backbone sources.
     ``threads``: ``torch.set_num_threads`` (None leaves torch's default). ``log_every``: iterations between
     ``"kind": "step"`` lines in ``metrics.jsonl`` (0: epoch lines only)."""
 
@@ -151,6 +153,7 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None
     init_backbone: str | None = None
+    init_weights: str | None = None
     log_every: int = 0
     model_config: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)

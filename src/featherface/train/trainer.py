@@ -166,13 +166,6 @@ class _Averager:
         return {k: v / max(self.n, 1) for k, v in self.sums.items()}
 
 
-def _evenly_spaced(items: list[str], n: int | None) -> list[str]:
-    if n is None or n >= len(items):
-        return list(items)
-    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
-    return [items[i] for i in sorted(set(idx.tolist()))]
-
-
 def plot_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Training curve PNG from the epoch records (losses, LR, val AP)."""
     import matplotlib
@@ -242,12 +235,15 @@ class Trainer:
             self.teacher = prepare_teacher(load_model(cfg.distill.teacher).to(self.device))
         self.backbone_source = None
         if resume is None:
-            if cfg.init_backbone:
+            if cfg.init_weights:
+                load_state_dict_strict(self.model, _load_state_dict_any(cfg.init_weights), str(cfg.init_weights))
+                self.backbone_source = f"{cfg.init_weights} (whole model, strict)"
+            elif cfg.init_backbone:
                 n = init_backbone_from(self.model, _load_state_dict_any(cfg.init_backbone))
-                self.backbone_source = f"{cfg.init_backbone} ({n} tensors)"
+                self.backbone_source = f"backbone of {cfg.init_backbone} ({n} tensors)"
             elif self.teacher is not None and cfg.distill.init_backbone:
                 n = init_backbone_from(self.model, self.teacher)
-                self.backbone_source = f"teacher {cfg.distill.teacher} ({n} tensors)"
+                self.backbone_source = f"backbone of teacher {cfg.distill.teacher} ({n} tensors)"
         self.model.to(self.device)
 
         self.criterion = DetectionLoss()
@@ -255,7 +251,8 @@ class Trainer:
         if self.teacher is not None:
             d = cfg.distill
             self.distill = DistillationLoss(
-                student_channels=int(self.model.config.channels), teacher_channels=int(self.teacher.config.channels),
+                student_channels=int(getattr(self.model.config, "feature_channels", self.model.config.channels)),
+                teacher_channels=int(self.teacher.config.channels),
                 temperature=d.temperature, box_weight=d.box_weight, landmark_weight=d.landmark_weight,
                 teacher_positive_threshold=d.teacher_positive_threshold, neg_pos_ratio=d.neg_pos_ratio,
             ).to(self.device)
@@ -405,12 +402,12 @@ class Trainer:
         """Val AP (easy / medium / hard) of the current weights on the configured subset (rank 0)."""
         from featherface.api import FaceDetector
         from featherface.eval.protocols import parse_protocol
-        from featherface.eval.runner import list_images, run_detector
+        from featherface.eval.runner import evenly_spaced, list_images, run_detector
         from featherface.eval.widerface import evaluate, load_ground_truth
 
         e = self.cfg.eval
         if self._val is None:
-            rels = _evenly_spaced(list_images(e.images, e.image_list), e.max_images)
+            rels = evenly_spaced(list_images(e.images, e.image_list), e.max_images)
             self._val = (rels, load_ground_truth(e.gt).subset(rels))
         rels, gt = self._val
         proto = parse_protocol(e.protocol, score_threshold=e.score_threshold, nms_threshold=e.nms_threshold)
@@ -501,7 +498,7 @@ class Trainer:
                 (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
                 (self.run_dir / "metrics.jsonl").write_text("")
                 if self.backbone_source:
-                    print(f"backbone initialised from {self.backbone_source}", file=sys.stderr)
+                    print(f"initialised from {self.backbone_source}", file=sys.stderr)
         last = None
         for epoch in range(self.start_epoch, cfg.epochs):
             rec = self.train_epoch(epoch)
