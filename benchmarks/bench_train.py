@@ -4,6 +4,7 @@ real data pipeline, the share of the time spent waiting for data, and the data p
     python benchmarks/bench_train.py                         # V1 and V2, 640, batch 8, 3 timed steps
     python benchmarks/bench_train.py --models featherface_v2 --image-size 640 --batch-size 16 --steps 5 --workers 2
     python benchmarks/bench_train.py --teacher ../shared/peers/featherface/featherface_train_mobilenet0.25_Final.pth
+    python benchmarks/bench_train.py --models featherface_v2 --compare-channels-last    # NCHW vs NHWC, same run
 
 It uses the trainer itself (``featherface.train.trainer.Trainer``), so the figures are those of ``featherface
 train``. The first ``--warmup`` steps are not timed. "data wait" is the time the loop blocks in ``next(loader)``;
@@ -34,7 +35,7 @@ from featherface.train.trainer import Trainer  # noqa: E402
 DEFAULT_LABELS = REPO.parent / "shared" / "data" / "widerface" / "train" / "label.txt"
 
 
-def bench_model(name: str, args: argparse.Namespace, out_dir: str) -> dict:
+def bench_model(name: str, args: argparse.Namespace, out_dir: str, channels_last: bool = False) -> dict:
     n_img = (args.warmup + args.steps) * args.batch_size
     cfg = config_from_dict({
         "model": name, "name": f"bench_{name}", "output_dir": out_dir, "epochs": 1, "seed": 0,
@@ -43,6 +44,7 @@ def bench_model(name: str, args: argparse.Namespace, out_dir: str) -> dict:
                  "num_workers": args.workers, "max_images": n_img},
         "distill": {"teacher": args.teacher} if args.teacher else {},
         "schedule": {"name": "constant"},
+        "channels_last": bool(channels_last),
     })
     tr = Trainer(cfg, progress=False)
     tr.base_dataset.set_epoch(0)
@@ -54,6 +56,7 @@ def bench_model(name: str, args: argparse.Namespace, out_dir: str) -> dict:
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         images, targets = next(it)
+        images = images.contiguous(memory_format=tr.memory_format)
         t1 = time.perf_counter()
         t_out = teacher_forward(tr.teacher, images) if tr.teacher is not None else None
         parts = tr.step_module(images, targets, tr.anchors, t_out)
@@ -74,12 +77,20 @@ def bench_model(name: str, args: argparse.Namespace, out_dir: str) -> dict:
     loader_s = time.perf_counter() - t0
     total = wait + step
     return {
-        "model": name, "teacher": bool(args.teacher), "image_size": args.image_size, "batch_size": args.batch_size,
+        "model": name, "channels_last": bool(channels_last), "teacher": bool(args.teacher), "image_size": args.image_size, "batch_size": args.batch_size,
         "workers": args.workers, "threads": torch.get_num_threads(), "timed_steps": args.steps,
         "train_images_per_s": timed_images / total, "compute_images_per_s": timed_images / step,
         "data_wait_share": wait / total, "loader_alone_images_per_s": n / loader_s,
         "step_s": total / args.steps,
     }
+
+
+def _print_result(r: dict) -> None:
+    print(f"{r['model']:16s} {'NHWC' if r['channels_last'] else 'NCHW'} {'(+teacher) ' if r['teacher'] else ''}"
+          f"{r['image_size']}x{r['image_size']} batch {r['batch_size']}, {r['workers']} workers, "
+          f"{r['threads']} threads: {r['train_images_per_s']:.2f} img/s training ({r['step_s']:.2f} s/step), "
+          f"compute only {r['compute_images_per_s']:.2f} img/s, data wait {100 * r['data_wait_share']:.1f} %, "
+          f"loader alone {r['loader_alone_images_per_s']:.1f} img/s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--teacher", default=None, help="also run the teacher forward + distillation loss")
+    p.add_argument("--channels-last", action="store_true", help="NHWC model and batches (config channels_last)")
+    p.add_argument("--compare-channels-last", action="store_true",
+                   help="run each model in NCHW and in NHWC, one after the other, and print the ratio")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     if not args.labels.exists():
@@ -100,14 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        variants = [False, True] if args.compare_channels_last else [args.channels_last]
         for name in args.models:
-            r = bench_model(name, args, tmp)
-            results.append(r)
-            print(f"{name:16s} {'(+teacher) ' if r['teacher'] else ''}{r['image_size']}x{r['image_size']} "
-                  f"batch {r['batch_size']}, {r['workers']} workers, {r['threads']} threads: "
-                  f"{r['train_images_per_s']:.2f} img/s training ({r['step_s']:.2f} s/step), "
-                  f"compute only {r['compute_images_per_s']:.2f} img/s, data wait {100 * r['data_wait_share']:.1f} %, "
-                  f"loader alone {r['loader_alone_images_per_s']:.1f} img/s", flush=True)
+            for cl in variants:
+                r = bench_model(name, args, tmp, channels_last=cl)
+                results.append(r)
+                _print_result(r)
+            if args.compare_channels_last:
+                a, b = results[-2:]
+                print(f"{name:16s} NHWC / NCHW training images/s: "
+                      f"{b['train_images_per_s'] / a['train_images_per_s']:.3f}", flush=True)
     info = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "load_average": os.getloadavg(), "torch": torch.__version__, "results": results}
     print(f"cpus {info['cpus']}, load average {', '.join(f'{x:.1f}' for x in info['load_average'])} "

@@ -108,3 +108,16 @@ def test_unsupported_layouts_are_refused():
         plan_pruning(build_model("featherface_v1"), 0.2)
     with pytest.raises(FeatherFaceError, match="ratio"):
         plan_pruning(build_model("featherface_v2"), 1.0)
+
+
+def test_prune_command_writes_a_loadable_checkpoint(tmp_path, capsys):
+    import json
+
+    from featherface.cli import main
+
+    out = tmp_path / "p.pth"
+    assert main(["prune", "featherface_v2", "-o", str(out), "--ratio", "0.2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["params_before"] == 256_156 and report["params_after"] < 256_156
+    assert load_model(out).config.head_channels == 24
+    assert main(["prune", str(tmp_path / "missing.pth"), "-o", str(out)]) == 2

@@ -234,6 +234,33 @@ def test_backbone_init_from_checkpoint(tmp_path, tiny):
     assert "v1.pth" in t.backbone_source
 
 
+def test_init_weights_loads_the_whole_model_strictly(tmp_path, tiny):
+    from featherface.export.prune import prune_v2
+
+    pruned, _ = prune_v2(build_model("featherface_v2").eval(), 0.2)
+    path = save_checkpoint(tmp_path / "pruned.pth", pruned)
+    widths = {"channels": 26, "ssh_channels": 32, "ssh_hidden": [12, 8], "shuffle_hidden": 12, "head_channels": 24}
+    cfg = tiny_config(tmp_path, tiny, "ft", epochs=1, init_weights=str(path))
+    cfg = config_from_dict({**config_to_dict(cfg), "model_config": widths})
+    t = Trainer(cfg, progress=False)
+    for k, v in t.model.state_dict().items():
+        assert torch.equal(v, pruned.state_dict()[k]), k
+    assert "whole model" in t.backbone_source
+    wrong = tiny_config(tmp_path, tiny, "ft2", epochs=1, init_weights=str(path))  # upstream widths: refused
+    with pytest.raises(Exception, match="size mismatch|mis-shaped|shape"):
+        Trainer(wrong, progress=False)
+
+
+def test_channels_last_training_matches_nchw(tmp_path, tiny):
+    a = train(tiny_config(tmp_path, tiny, "nchw", epochs=1, **{"data.max_images": 2}), progress=False)
+    b = train(tiny_config(tmp_path, tiny, "nhwc", epochs=1, channels_last=True, **{"data.max_images": 2}),
+              progress=False)
+    la, lb = a["last"]["loss_total"], b["last"]["loss_total"]
+    assert math.isfinite(lb) and abs(la - lb) <= 1e-3 * max(1.0, abs(la))
+    model = load_model(tmp_path / "runs" / "nhwc" / "last.pth")  # NHWC-trained weights load as usual
+    assert model(torch.zeros(1, 3, 64, 64)).boxes.shape[-1] == 4
+
+
 def test_periodic_eval_writes_best(tmp_path, tiny):
     from featherface.eval.widerface import GroundTruth, save_ground_truth
     from featherface.data.readers import parse_annotations

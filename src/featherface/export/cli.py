@@ -74,8 +74,9 @@ def configure_quantize_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="activation-range calibration (default minmax)")
     p.add_argument("--percentile", type=float, default=99.999, help="clipping percentile of --method percentile")
-    p.add_argument("--keep-float", nargs="*", default=[], metavar="GROUP",
-                   help="parts left in float32: attention (sigmoid gates), heads, neck, ssh, stem, stage1, stage2, stage3")
+    p.add_argument("--keep-float", nargs="*", default=["stage1"], metavar="GROUP",
+                   help="parts left in float32: attention (sigmoid gates), heads, neck, ssh, stem, stage1, stage2, "
+                        "stage3 (default: stage1, the best measured recipe; give the flag alone to quantise all)")
     p.add_argument("--eval-images", default=None,
                    help="WIDER val images root: also report AP change (val-dev list / GT from --eval-gt, --eval-list)")
     p.add_argument("--eval-gt", default=None)

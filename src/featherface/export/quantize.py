@@ -21,7 +21,7 @@ import numpy as np
 
 from featherface.errors import FeatherFaceError
 
-__all__ = ["FLOAT_GROUPS", "float_nodes", "quantize_int8", "calibration_images", "quantize_report"]
+__all__ = ["FLOAT_GROUPS", "DEFAULT_FLOAT_GROUPS", "float_nodes", "quantize_int8", "calibration_images", "quantize_report"]
 
 
 def calibration_images(folder: str | os.PathLike, n: int, seed: int = 0) -> list[Path]:
@@ -70,6 +70,11 @@ FLOAT_GROUPS: dict[str, tuple[str, ...]] = {
     "stage2": ("/model/body/stage2/",),
     "stage3": ("/model/body/stage3/",),
 }
+
+
+#: The recipe measured best on V2 (benchmarks/results/int8_sweep.md): the high-resolution stage 1 of the backbone in
+#: float, everything else int8.
+DEFAULT_FLOAT_GROUPS: tuple[str, ...] = ("stage1",)
 
 
 def float_nodes(path: str | os.PathLike, groups: Iterable[str]) -> list[str]:

@@ -142,7 +142,9 @@ class TrainConfig:
     (our format or upstream; with a teacher and ``distill.init_backbone`` the teacher is used when this is None).
     ``init_weights``: a checkpoint whose whole state dict initialises the model, loaded strictly (fine-tuning, e.g.
     a pruned model; ``model_config`` must describe its widths); it takes precedence over both backbone sources.
-    ``threads``: ``torch.set_num_threads`` (None leaves torch's default). ``log_every``: iterations between
+    ``threads``: ``torch.set_num_threads`` (None leaves torch's default). ``channels_last``: NHWC memory format for
+    the student and its input batches (faster convolutions and BatchNorm on many CPUs; same results up to float
+    rounding; ``python benchmarks/bench_train.py --compare-channels-last`` measures it). ``log_every``: iterations between
     ``"kind": "step"`` lines in ``metrics.jsonl`` (0: epoch lines only)."""
 
     model: str = "featherface_v2"
@@ -154,6 +156,7 @@ class TrainConfig:
     threads: int | None = None
     init_backbone: str | None = None
     init_weights: str | None = None
+    channels_last: bool = False
     log_every: int = 0
     model_config: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)

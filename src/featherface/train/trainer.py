@@ -245,6 +245,9 @@ class Trainer:
                 n = init_backbone_from(self.model, self.teacher)
                 self.backbone_source = f"backbone of teacher {cfg.distill.teacher} ({n} tensors)"
         self.model.to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
 
         self.criterion = DetectionLoss()
         self.distill = None
@@ -447,7 +450,7 @@ class Trainer:
             except StopIteration:  # pragma: no cover - len(loader) is exact
                 break
             t_wait += time.perf_counter() - tw
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
             teacher_out = teacher_forward(self.teacher, images) if self.teacher is not None else None
             parts = module(images, targets, self.anchors, teacher_out)
