@@ -240,10 +240,10 @@ class Trainer:
                 self.backbone_source = f"{cfg.init_weights} (whole model, strict)"
             elif cfg.init_backbone:
                 n = init_backbone_from(self.model, _load_state_dict_any(cfg.init_backbone))
-                self.backbone_source = f"backbone of {cfg.init_backbone} ({n} tensors)"
+                self.backbone_source = f"{cfg.init_backbone} ({n} tensors)"
             elif self.teacher is not None and cfg.distill.init_backbone:
                 n = init_backbone_from(self.model, self.teacher)
-                self.backbone_source = f"backbone of teacher {cfg.distill.teacher} ({n} tensors)"
+                self.backbone_source = f"teacher {cfg.distill.teacher} ({n} tensors)"
         self.model.to(self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         if cfg.channels_last:
@@ -501,7 +501,7 @@ class Trainer:
                 (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
                 (self.run_dir / "metrics.jsonl").write_text("")
                 if self.backbone_source:
-                    print(f"initialised from {self.backbone_source}", file=sys.stderr)
+                    print(f"backbone initialised from {self.backbone_source}", file=sys.stderr)
         last = None
         for epoch in range(self.start_epoch, cfg.epochs):
             rec = self.train_epoch(epoch)
