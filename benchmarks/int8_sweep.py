@@ -36,15 +36,11 @@ SETTINGS = [  # (method, calibration images, float groups)
 
 
 def _ap(model_path: Path, rels: list[str], threads: int) -> tuple[float, float, float]:
-    from featherface.api import FaceDetector
     from featherface.eval.protocols import OriginalSize
-    from featherface.eval.runner import evaluate_detector
+    from featherface.export.quantize import onnx_ap
 
-    det = FaceDetector(model_path, backend="onnxruntime", num_threads=threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        res, _ = evaluate_detector(det, DATA / "val" / "images", DATA / "val", output_dir=tmp, image_list=rels,
-                                   protocol=OriginalSize(), progress=False, plot=False)
-    return res.easy, res.medium, res.hard
+    ap = onnx_ap(model_path, DATA / "val" / "images", DATA / "val", rels, OriginalSize(), threads)
+    return ap["easy"], ap["medium"], ap["hard"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images is not None:
         if args.max_images < 1:
             raise InputError(f"--max-images must be >= 1, got {args.max_images}")
-        from featherface.eval.runner import list_images
-        from featherface.eval.runner import evenly_spaced
+        from featherface.eval.runner import evenly_spaced, list_images
 
         image_list = evenly_spaced(list_images(args.images, args.image_list), args.max_images)
     out = out or Path(f"eval_{protocol.name}")

@@ -19,8 +19,8 @@ average over channels; their mean-input weights are rescaled by ``kept / total``
 
 Why not torch-pruning: torch-pruning 1.6 traced V2 but, at ratio 0.2, cut the channel-shuffle outputs by half and
 left the BiFPN trunk untouched (its dependency graph does not follow the fusion nodes through the gates), and its
-pruned modules cannot be rebuilt from a config, which ``weights_only`` loading needs. The V2-specific pruner below
-is ~150 lines with an exactness test.
+pruned modules cannot be rebuilt from a config, which ``weights_only`` loading needs. Hence the V2-specific pruner
+below, with an exactness test.
 """
 
 from __future__ import annotations
@@ -166,6 +166,12 @@ def _copy_gate(src: nn.Module, dst: nn.Module, keep: list[int]) -> None:
     _copy_linear(src.mlp[2], dst.mlp[2], keep, None)
 
 
+def _widths(cfg: Any) -> dict[str, Any]:
+    """The prunable widths of a V2 config, defaults resolved."""
+    return {"trunk": cfg.channels, "ssh_hidden": list(cfg.ssh_hidden or (cfg.ssh_width // 2, cfg.ssh_width // 4)),
+            "shuffle_hidden": cfg.shuffle_hidden or cfg.ssh_width // 2, "head_channels": cfg.feature_channels}
+
+
 def prune_v2(model: nn.Module, ratio: float = 0.2) -> tuple[nn.Module, dict[str, Any]]:
     """A new, narrower V2 (eval mode) holding ``model``'s weights for the kept channels, and a summary dict."""
     from featherface.models import build_model
@@ -179,14 +185,13 @@ def prune_v2(model: nn.Module, ratio: float = 0.2) -> tuple[nn.Module, dict[str,
         ssh_hidden=(len(plan.ssh_hidden[0][0]), len(plan.ssh_hidden[0][1])),
         shuffle_hidden=len(plan.shuffle_hidden[0]), head_channels=len(plan.head))
     new = build_model(getattr(model, "model_name", "featherface_v2"), new_cfg)
-    src_sd = {k: v for k, v in model.state_dict().items()}
-    new.load_state_dict({k: v for k, v in src_sd.items() if k in new.state_dict()
-                         and new.state_dict()[k].shape == v.shape}, strict=False)  # untouched modules as they are
+    # Every tensor whose shape did not change (backbone, its gates, fusion weights, spatial-gate BNs, the SSH layers
+    # after the reductions) is copied as it is; the narrowed ones are sliced below.
+    new_shapes = {k: v.shape for k, v in new.state_dict().items()}
+    new.load_state_dict({k: v for k, v in model.state_dict().items() if new_shapes.get(k) == v.shape}, strict=False)
 
     t = plan.trunk
     for sc, dc in zip(model.bifpn, new.bifpn):
-        dc.load_state_dict({k: v for k, v in sc.state_dict().items() if k.endswith("_w1") or k.endswith("_w2")},
-                           strict=False)
         if sc.first_time:
             for name in ("p3_down_channel", "p4_down_channel", "p5_down_channel"):
                 s_seq, d_seq = getattr(sc, name), getattr(dc, name)
@@ -206,9 +211,7 @@ def prune_v2(model: nn.Module, ratio: float = 0.2) -> tuple[nn.Module, dict[str,
         for k in sm.channel_gates:
             _copy_gate(sm.channel_gates[k], dm.channel_gates[k], t)
     with torch.no_grad():  # mean over fewer channels: rescale the mean input so kept/zero-channel sums match
-        dm.spatial_gate.spatial[0].weight.copy_(sm.spatial_gate.spatial[0].weight)
         dm.spatial_gate.spatial[0].weight[:, 0] *= len(t) / cfg.channels
-    dm.spatial_gate.spatial[1].load_state_dict(sm.spatial_gate.spatial[1].state_dict())
 
     (s_ssh, s_cs), (d_ssh, d_cs) = _levels(model), _levels(new)
     for level in range(3):
@@ -218,10 +221,6 @@ def prune_v2(model: nn.Module, ratio: float = 0.2) -> tuple[nn.Module, dict[str,
             _copy_conv(s_seq[0], d_seq[0], keep, t)
             _copy_bn(s_seq[1], d_seq[1], keep)
             _copy_conv(s_seq[3], d_seq[3], None, keep)
-            for i in range(4, len(s_seq)):
-                d_seq[i].load_state_dict(s_seq[i].state_dict())
-        for branch in ("conv5x5_2", "conv7x7_2", "conv7x7_3"):
-            getattr(d_ssh[level], branch).load_state_dict(getattr(s_ssh[level], branch).state_dict())
         hid = plan.shuffle_hidden[level]
         sconv, dconv = s_cs[level].conv, d_cs[level].conv
         _copy_conv(sconv[0], dconv[0], hid, None)
@@ -235,9 +234,7 @@ def prune_v2(model: nn.Module, ratio: float = 0.2) -> tuple[nn.Module, dict[str,
 
     before, after = count_parameters(model), count_parameters(new)
     macs_before, macs_after = count_macs(model)["total"], count_macs(new)["total"]
-    widths = lambda c: {"trunk": c.channels, "ssh_hidden": list(c.ssh_hidden or (c.ssh_width // 2, c.ssh_width // 4)),  # noqa: E731
-                        "shuffle_hidden": c.shuffle_hidden or c.ssh_width // 2, "head_channels": c.feature_channels}
-    summary = {"ratio": ratio, "groups": g, "widths_before": widths(cfg), "widths_after": widths(new_cfg),
+    summary = {"ratio": ratio, "groups": g, "widths_before": _widths(cfg), "widths_after": _widths(new_cfg),
                "params_before": before, "params_after": after, "params_removed_pct": round(100 * (1 - after / before), 2),
                "macs_640_before": macs_before, "macs_640_after": macs_after,
                "macs_removed_pct": round(100 * (1 - macs_after / macs_before), 2)}
@@ -271,8 +268,7 @@ def prune_cli(args: Any) -> dict:
 
 def _finetune(args: Any, pruned: nn.Module, out: Path, summary: dict) -> dict:
     """Train the pruned weights with a training config (its model is replaced by the pruned widths)."""
-    from featherface.checkpoint import save_checkpoint
-    from featherface.checkpoint import load_state_dict_strict
+    from featherface.checkpoint import load_state_dict_strict, save_checkpoint
     from featherface.train.config import config_from_dict, config_to_dict, load_config
     from featherface.train.trainer import _load_state_dict_any, train
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from featherface.errors import FeatherFaceError
 
-__all__ = ["FLOAT_GROUPS", "DEFAULT_FLOAT_GROUPS", "float_nodes", "quantize_int8", "calibration_images", "quantize_report"]
+__all__ = ["FLOAT_GROUPS", "DEFAULT_FLOAT_GROUPS", "float_nodes", "quantize_int8", "onnx_ap", "calibration_images",
+           "quantize_report"]
 
 
 def calibration_images(folder: str | os.PathLike, n: int, seed: int = 0) -> list[Path]:
@@ -100,6 +101,10 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ima
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise FeatherFaceError(f"unknown calibration method {method!r}; known: {', '.join(methods)}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     batches = [_prepare(im, calib_size, square=(method != "minmax")) for im in images]
@@ -114,8 +119,6 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ima
             x = next(self._it, None)
             return None if x is None else {"input": x}
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         try:
@@ -124,8 +127,6 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ima
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         keep_float = tuple(keep_float)
         exclude = sorted(set(_sampling_path_nodes(pre)) | set(float_nodes(pre, keep_float)))
-        if method not in methods:
-            raise FeatherFaceError(f"unknown calibration method {method!r}; known: {', '.join(methods)}")
         quantize_static(str(pre), str(out_path), _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         nodes_to_exclude=exclude,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -230,21 +231,29 @@ def _latency(path: Path, size: tuple[int, int], threads: int, runs: int = 30) ->
     return {"median_ms": float(np.median(ts) * 1e3), "p90_ms": float(np.percentile(ts, 90) * 1e3)}
 
 
-def _ap(path: Path, args: Any, threads: int) -> dict[str, float]:
+def onnx_ap(path: str | os.PathLike, images_root: str | os.PathLike, gt_dir: str | os.PathLike,
+            image_list: Sequence[str], protocol: Any, threads: int) -> dict[str, Any]:
+    """WIDER AP (easy / medium / hard) of a raw ONNX export run through ``FaceDetector(backend="onnxruntime")``."""
     from featherface.api import FaceDetector
-    from featherface.eval.protocols import LongestSide, OriginalSize
-    from featherface.eval.runner import evaluate_detector, list_images
+    from featherface.eval.runner import evaluate_detector
 
     det = FaceDetector(path, backend="onnxruntime", num_threads=threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        result, _ = evaluate_detector(det, images_root, gt_dir, output_dir=tmp, image_list=image_list,
+                                      protocol=protocol, progress=False, plot=False)
+    return {k: float(getattr(result, k)) for k in ("easy", "medium", "hard")} | {"images": len(image_list),
+                                                                                  "protocol": protocol.name}
+
+
+def _ap(path: Path, args: Any, threads: int) -> dict[str, Any]:
+    from featherface.eval.protocols import LongestSide, OriginalSize
+    from featherface.eval.runner import list_images
+
     rels = list_images(args.eval_images, args.eval_list)
     if args.eval_limit:
         rels = rels[: int(args.eval_limit)]
     proto = OriginalSize() if str(args.eval_protocol) in ("original", "none") else LongestSide(int(args.eval_protocol))
-    with tempfile.TemporaryDirectory() as tmp:
-        result, _ = evaluate_detector(det, args.eval_images, args.eval_gt, output_dir=tmp, image_list=rels,
-                                      protocol=proto, progress=False, plot=False)
-    return {k: float(getattr(result, k)) for k in ("easy", "medium", "hard")} | {"images": len(rels),
-                                                                                  "protocol": proto.name}
+    return onnx_ap(path, args.eval_images, args.eval_gt, rels, proto, threads)
 
 
 def quantize_report(args: Any) -> dict[str, Any]:
