@@ -120,8 +120,22 @@ def _reference(out, b, h, w, score, iou):
     return boxes[keep], scores[keep], lms[keep]
 
 
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one thread for the duration of a test, whatever earlier tests left set.
+
+    The random network below produces near-tied overlapping faces; with 2 threads PyTorch's sums round differently
+    from ORT's and greedy NMS can keep a different member of a tied chain (65 vs 66 faces when this test ran alone),
+    while the whole suite, where earlier tests had left 1 thread set, passed. Pinning it makes the test independent
+    of test order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("score,iou", [(0.5, 0.4), (0.45, 0.3)])
-def test_postprocess_graph_matches_python(v2_pp_onnx, v2_model, score, iou):
+def test_postprocess_graph_matches_python(v2_pp_onnx, v2_model, score, iou, one_torch_thread):
     proto = onnx.load(str(v2_pp_onnx))
     assert [i.name for i in proto.graph.input] == ["input", "score_threshold", "iou_threshold"]
     assert [o.name for o in proto.graph.output] == ["boxes", "scores", "landmarks", "batch_index"]
