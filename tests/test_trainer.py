@@ -261,6 +261,67 @@ def test_channels_last_training_matches_nchw(tmp_path, tiny):
     assert model(torch.zeros(1, 3, 64, 64)).boxes.shape[-1] == 4
 
 
+def test_fused_bn_training_matches_plain_and_saves_plain_keys(tmp_path, tiny):
+    from featherface.models.fused_norm import BatchNormAct2d
+
+    over = {"epochs": 1, "data.max_images": 2}
+    a = train(tiny_config(tmp_path, tiny, "plain", fused_bn=False, **over), progress=False)
+    b = train(tiny_config(tmp_path, tiny, "fused", fused_bn=True, **over), progress=False)
+    la, lb = a["last"]["loss_total"], b["last"]["loss_total"]
+    assert math.isfinite(lb) and abs(la - lb) <= 1e-4 * max(1.0, abs(la))
+    sa = read_checkpoint(tmp_path / "runs" / "plain" / "last.pth")["state_dict"]
+    sb = read_checkpoint(tmp_path / "runs" / "fused" / "last.pth")["state_dict"]
+    assert list(sa) == list(sb)  # checkpoints do not depend on the fusion
+    # AdamW's first steps are ~lr·sign(grad): a gradient that is rounding noise may flip sign, so a weight can move
+    # by up to 2·lr per step the other way; everything else must agree to float rounding.
+    cfg = tiny_config(tmp_path, tiny, "plain", fused_bn=False, **over)
+    bound = 2.5 * cfg.optim.lr * a["last"]["step"]
+    for k in sa:
+        if sa[k].is_floating_point():
+            assert float((sb[k] - sa[k]).abs().max()) <= bound, k
+    close = sum(int(torch.allclose(sb[k], sa[k], rtol=1e-4, atol=1e-6)) for k in sa)
+    assert close >= 0.9 * len(sa)
+    t = Trainer(tiny_config(tmp_path, tiny, "fused2", fused_bn=True, **over), progress=False)
+    assert any(isinstance(m, BatchNormAct2d) for m in t.model.modules())
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in t.model.modules())
+
+
+def test_fit_restores_torch_threads(tmp_path, tiny):
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    t = Trainer(tiny_config(tmp_path, tiny, "threads", epochs=1, threads=target, **{"data.max_images": 2}),
+                progress=False)
+    assert torch.get_num_threads() == before  # building a trainer changes nothing process-wide
+    seen = []
+    real = t.train_epoch
+    t.train_epoch = lambda epoch: (seen.append(torch.get_num_threads()), real(epoch))[1]
+    t.fit()
+    assert seen == [target] and torch.get_num_threads() == before
+
+
+def test_compile_without_a_compiler_is_refused(tmp_path, tiny, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(FeatherFaceError, match="C\\+\\+ compiler"):
+        Trainer(tiny_config(tmp_path, tiny, "nocc", compile=True), progress=False)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, tiny):
+    """torch.compile of the student (TorchInductor; minutes of compilation on 2 cores the first time)."""
+    # no DropBlock: compiled code draws its random masks from another generator than eager code
+    over = {"epochs": 1, "data.max_images": 2, "data.drop_last": True, "model_config.dropblock_prob": 0.0}
+    a = train(tiny_config(tmp_path, tiny, "eager", **over), progress=False)
+    b = train(tiny_config(tmp_path, tiny, "compiled", compile=True, **over), progress=False)
+    la, lb = a["last"]["loss_total"], b["last"]["loss_total"]
+    assert math.isfinite(lb) and abs(la - lb) <= 1e-3 * max(1.0, abs(la))
+    sa = read_checkpoint(tmp_path / "runs" / "eager" / "last.pth")["state_dict"]
+    sb = read_checkpoint(tmp_path / "runs" / "compiled" / "last.pth")["state_dict"]
+    assert list(sa) == list(sb)  # no "_orig_mod." prefixes: the module itself is not wrapped
+
+
 def test_periodic_eval_writes_best(tmp_path, tiny):
     from featherface.eval.widerface import GroundTruth, save_ground_truth
     from featherface.data.readers import parse_annotations

@@ -24,7 +24,7 @@ __all__ = ["configure_parser", "run", "build_config", "main"]
 # option dest -> dotted config field
 _OVERRIDES = {
     "model": "model", "name": "name", "output_dir": "output_dir", "epochs": "epochs", "seed": "seed",
-    "device": "device", "threads": "threads", "init_backbone": "init_backbone", "log_every": "log_every",
+    "device": "device", "threads": "threads", "compile": "compile", "init_backbone": "init_backbone", "log_every": "log_every",
     "train_labels": "data.train_labels", "train_images": "data.train_images", "image_size": "data.image_size",
     "batch_size": "data.batch_size", "workers": "data.num_workers", "max_images": "data.max_images",
     "lr": "optim.lr", "weight_decay": "optim.weight_decay", "schedule": "schedule.name",
@@ -48,6 +48,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu, cuda, cuda:1 ...")
     g.add_argument("--threads", type=int, help="torch intra-op threads")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the student's forward (faster steps after minutes of compiling; needs g++)")
     g.add_argument("--init-backbone", metavar="CHECKPOINT", help="initialise the backbone (body.*) from this file")
     g.add_argument("--log-every", type=int, help="write a metrics line every N iterations")
     d = parser.add_argument_group("data")

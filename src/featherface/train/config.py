@@ -144,7 +144,12 @@ class TrainConfig:
     a pruned model; ``model_config`` must describe its widths); it takes precedence over both backbone sources.
     ``threads``: ``torch.set_num_threads`` (None leaves torch's default). ``channels_last``: NHWC memory format for
     the student and its input batches (faster convolutions and BatchNorm on many CPUs; same results up to float
-    rounding; ``python benchmarks/bench_train.py --compare-channels-last`` measures it). ``log_every``: iterations between
+    rounding; ``python benchmarks/bench_train.py --compare-channels-last`` measures it). ``fused_bn``: train with
+    :class:`~featherface.models.fused_norm.BatchNormAct2d` (BN + following ReLU/LeakyReLU as one autograd node with
+    a faster CPU backward; same parameters, checkpoints and results up to float rounding; ``--compare-fused-bn``
+    measures it). ``compile``: ``torch.compile`` the student's forward for training (TorchInductor fuses
+    BatchNorm, activations and the other element-wise work; the first steps compile for minutes on a small CPU and
+    need a C++ compiler; takes precedence over ``fused_bn``; ``--compare-compile`` measures it). ``log_every``: iterations between
     ``"kind": "step"`` lines in ``metrics.jsonl`` (0: epoch lines only)."""
 
     model: str = "featherface_v2"
@@ -157,6 +162,8 @@ class TrainConfig:
     init_backbone: str | None = None
     init_weights: str | None = None
     channels_last: bool = False
+    fused_bn: bool = True
+    compile: bool = False
     log_every: int = 0
     model_config: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)

@@ -23,6 +23,7 @@ of each epoch, and only rank 0 writes files and prints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -46,6 +47,7 @@ from featherface.checkpoint import (
 )
 from featherface.errors import FeatherFaceError
 from featherface.geometry.anchors import make_anchors
+from featherface.models.fused_norm import fuse_batchnorm_activation
 from featherface.models.registry import build_model
 from featherface.train.config import TrainConfig, config_from_dict, config_to_dict
 from featherface.train.distill import DistillationLoss, combine, init_backbone_from, prepare_teacher, teacher_forward
@@ -105,9 +107,11 @@ class TrainStep(nn.Module):
     value to back-propagate."""
 
     def __init__(self, model: nn.Module, criterion: DetectionLoss, distill: DistillationLoss | None = None, *,
-                 alpha: float = 0.7, feature_weight: float = 0.1) -> None:
+                 alpha: float = 0.7, feature_weight: float = 0.1, compile_model: bool = False) -> None:
         super().__init__()
         self.model = model
+        # torch.compile of the student's forward only: the loss has data-dependent shapes (faces per image).
+        self._compiled_forward = torch.compile(model.forward_with_features, dynamic=False) if compile_model else None
         self.criterion = criterion
         self.distill = distill
         self.alpha = float(alpha)
@@ -115,7 +119,8 @@ class TrainStep(nn.Module):
 
     def forward(self, images: Tensor, targets: list[dict[str, Tensor]], anchors: Tensor,
                 teacher_outputs: tuple[Any, list[Tensor]] | None = None) -> dict[str, Tensor]:
-        out, feats = self.model.forward_with_features(images)
+        forward = self._compiled_forward or self.model.forward_with_features
+        out, feats = forward(images)
         assignment = self.criterion.assign(anchors, targets)
         task = self.criterion(out.boxes, out.logits, out.landmarks, anchors, targets, assignment=assignment)
         parts = {"task": task["total"], "box": task["box"], "cls": task["cls"], "landmark": task["landmark"],
@@ -131,6 +136,30 @@ class TrainStep(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def _check_compiler(device: str) -> None:
+    """TorchInductor builds C++ kernels on CPU: refuse ``compile = true`` up front when no compiler is on PATH."""
+    if device.startswith("cuda"):
+        return
+    import shutil
+
+    candidates = [os.environ.get("CXX"), "g++", "clang++", "c++"]
+    if not any(c and shutil.which(c) for c in candidates):
+        raise FeatherFaceError("compile = true needs a C++ compiler (g++ or clang++, or $CXX) for TorchInductor on "
+                               "CPU; install one or set compile = false")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``torch.set_num_threads(threads)`` (None: unchanged), restoring the previous count."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _dist_env() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -222,8 +251,6 @@ class Trainer:
         self.world, self.rank, self.local_rank = _dist_env()
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
-        if cfg.threads is not None:
-            torch.set_num_threads(int(cfg.threads))
         self._init_distributed()
         self.device = self._device()
         seed_everything(cfg.seed)
@@ -244,6 +271,10 @@ class Trainer:
             elif self.teacher is not None and cfg.distill.init_backbone:
                 n = init_backbone_from(self.model, self.teacher)
                 self.backbone_source = f"teacher {cfg.distill.teacher} ({n} tensors)"
+        if cfg.compile:
+            _check_compiler(self.cfg.device)
+        elif cfg.fused_bn:  # TorchInductor fuses BatchNorm itself when compiling
+            fuse_batchnorm_activation(self.model)
         self.model.to(self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         if cfg.channels_last:
@@ -260,7 +291,7 @@ class Trainer:
                 teacher_positive_threshold=d.teacher_positive_threshold, neg_pos_ratio=d.neg_pos_ratio,
             ).to(self.device)
         self.step_module = TrainStep(self.model, self.criterion, self.distill, alpha=cfg.distill.alpha,
-                                     feature_weight=cfg.distill.feature_weight)
+                                     feature_weight=cfg.distill.feature_weight, compile_model=cfg.compile)
 
         # data
         self.dataset, self.base_dataset = self._dataset()
@@ -427,6 +458,11 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------- loop
     def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch (0-based ``epoch``) with ``cfg.threads`` torch threads; returns its ``"kind": "epoch"`` record."""
+        with torch_threads(self.cfg.threads):
+            return self._train_epoch(epoch)
+
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -493,7 +529,14 @@ class Trainer:
         }
 
     def fit(self) -> dict[str, Any]:
-        """Train from ``start_epoch`` to ``cfg.epochs``; returns a summary (last epoch record, best AP, paths)."""
+        """Train from ``start_epoch`` to ``cfg.epochs``; returns a summary (last epoch record, best AP, paths).
+
+        ``cfg.threads`` applies for the duration of the call (and of :meth:`train_epoch`); torch's previous thread
+        count is restored after."""
+        with torch_threads(self.cfg.threads):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
