@@ -141,6 +141,18 @@ def bench_model_only(name: str, args: argparse.Namespace, channels_last: bool, f
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                loss = sum(t.float().pow(2).mean() for t in forward(x))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        kind = "compiled" if compile_model else ("fused BN" if fused_bn else "plain BN")
+        print(f"torch.profiler, {name} {kind}, 2 steps, by self CPU time:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
     return {"model": name, "model_only": True, "channels_last": bool(channels_last), "fused_bn": bool(fused_bn),
             "compile": bool(compile_model), "image_size": args.image_size, "batch_size": args.batch_size,
             "threads": torch.get_num_threads(), "timed_steps": args.steps, "step_s": step,
@@ -212,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the same global batch as N DDP processes and print the ratio")
     p.add_argument("--model-only", action="store_true",
                    help="time the student alone on a synthetic batch (the ceiling of the training step rate)")
+    p.add_argument("--profile", action="store_true", help="with --model-only: print a torch.profiler op table")
     p.add_argument("--rounds", type=int, default=1, help="repeat each comparison, alternating (noisy machines)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
