@@ -164,3 +164,12 @@ def test_float32_model_gradients_as_accurate_as_native(channels_last):
     native, ours = errors(model), errors(fused)
     assert float(ours.median()) <= 2 * float(native.median()) + 1e-6
     assert float(ours.max()) <= 3 * float(native.max()) + 1e-5
+
+
+def test_non_positive_leaky_slope_is_not_fused():
+    seq = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.LeakyReLU(-0.2))
+    assert fuse_batchnorm_activation(seq) == 1
+    assert isinstance(seq[1], BatchNormAct2d) and seq[1].activation == "identity"
+    assert type(seq[2]) is nn.LeakyReLU  # left in place
+    with pytest.raises(ValueError, match="negative_slope"):
+        BatchNormAct2d(4, activation="leaky_relu", negative_slope=0.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["BatchNormAct2d", "fuse_batchnorm_activation"]
 
@@ -25,10 +26,11 @@ _IDENTITY, _RELU, _LEAKY = "identity", "relu", "leaky_relu"
 
 
 def _channel_sums(grad: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel ``Σ grad`` and ``Σ grad·x`` over N, H, W of two ``[N, C, H, W]`` tensors, without a temporary.
+    """Per-channel ``Σ grad`` and ``Σ grad·x`` over N, H, W of two ``[N, C, H, W]`` tensors.
 
     Channels-last tensors are ``[M, C]`` matrices: the sums are a matrix-vector product and the diagonal of a small
     ``[C, C]`` product (fast for narrow maps). Contiguous NCHW tensors are ``N·C`` rows of ``H·W``: batched dots.
+    Neither layout materialises ``grad·x``; other layouts and half precision fall back to plain reductions.
     """
     n, c, h, w = x.shape
     if grad.dtype != x.dtype or grad.dtype in (torch.float16, torch.bfloat16):
@@ -66,6 +68,7 @@ class _BatchNormActFn(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, out, weight, mean, invstd = ctx.saved_tensors
         owned = True  # dz is a fresh tensor that backward may overwrite
@@ -110,6 +113,9 @@ class BatchNormAct2d(nn.BatchNorm2d):
         super().__init__(num_features, eps=eps, momentum=momentum)
         if activation not in (_IDENTITY, _RELU, _LEAKY):
             raise ValueError(f"activation must be identity, relu or leaky_relu, got {activation!r}")
+        if activation == _LEAKY and not negative_slope > 0:
+            raise ValueError(f"leaky_relu needs negative_slope > 0 (the backward reads the mask from the output's "
+                             f"sign), got {negative_slope}")
         self.activation = activation
         self.negative_slope = float(negative_slope)
 
@@ -145,7 +151,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
 def _activation_of(module: nn.Module) -> tuple[str, float] | None:
     if type(module) is nn.ReLU:
         return _RELU, 0.0
-    if type(module) is nn.LeakyReLU:
+    if type(module) is nn.LeakyReLU and module.negative_slope > 0:  # the mask is read from the output's sign
         return _LEAKY, float(module.negative_slope)
     return None
 
