@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="repeat each comparison, alternating (noisy machines)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
+    if args.compare_ddp and args.model_only:
+        p.error("--compare-ddp measures the trainer; it cannot be combined with --model-only")
     if not args.labels.exists() and not args.model_only:
         print(f"label file not found: {args.labels}", file=sys.stderr)
         return 2
