@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from featherface.train.config import config_from_dict  # noqa: E402
 from featherface.train.distill import teacher_forward  # noqa: E402
-from featherface.train.trainer import Trainer  # noqa: E402
+from featherface.train.trainer import Trainer, prepare_student  # noqa: E402
 
 DEFAULT_LABELS = REPO.parent / "shared" / "data" / "widerface" / "train" / "label.txt"
 
@@ -119,25 +119,25 @@ def bench_model_only(name: str, args: argparse.Namespace, channels_last: bool, f
                      compile_model: bool) -> dict:
     """The student alone on a synthetic batch (forward + Σ output² + backward + AdamW): the ceiling of the step rate
     with no data pipeline, no matching and no detection loss."""
-    from featherface.models.fused_norm import fuse_batchnorm_activation
     from featherface.models.registry import build_model
 
     torch.manual_seed(0)
     model = build_model(name).train()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    if fused_bn and not compile_model:
-        fuse_batchnorm_activation(model)
-    model.to(memory_format=fmt)
+    fmt = prepare_student(model, fused_bn=fused_bn, compile_model=compile_model, channels_last=channels_last)
     forward = torch.compile(model, dynamic=False) if compile_model else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size).contiguous(memory_format=fmt)
-    times = []
-    for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
+
+    def train_step() -> None:
         loss = sum(t.float().pow(2).mean() for t in forward(x))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        train_step()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
@@ -146,12 +146,8 @@ def bench_model_only(name: str, args: argparse.Namespace, channels_last: bool, f
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(2):
-                loss = sum(t.float().pow(2).mean() for t in forward(x))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        kind = "compiled" if compile_model else ("fused BN" if fused_bn else "plain BN")
-        print(f"torch.profiler, {name} {kind}, 2 steps, by self CPU time:")
+                train_step()
+        print(f"torch.profiler, {name} {_variant(compile_model, fused_bn)}, 2 steps, by self CPU time:")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
     return {"model": name, "model_only": True, "channels_last": bool(channels_last), "fused_bn": bool(fused_bn),
             "compile": bool(compile_model), "image_size": args.image_size, "batch_size": args.batch_size,
@@ -159,15 +155,18 @@ def bench_model_only(name: str, args: argparse.Namespace, channels_last: bool, f
             "train_images_per_s": args.batch_size / step}
 
 
+def _variant(compile_model: bool, fused_bn: bool) -> str:
+    return "compiled" if compile_model else ("fused-BN" if fused_bn else "plain-BN")
+
+
 def _print_result(r: dict) -> None:
+    bn = _variant(r["compile"], r["fused_bn"])
     if r.get("model_only"):
-        bn = "compiled" if r["compile"] else ("fused-BN" if r["fused_bn"] else "plain-BN")
         print(f"{r['model']:16s} {'NHWC' if r['channels_last'] else 'NCHW'} {bn} {r['image_size']}x{r['image_size']} "
               f"batch {r['batch_size']}, {r['threads']} threads, MODEL ALONE (synthetic batch, no data/matching/loss): "
               f"{r['train_images_per_s']:.2f} img/s ({r['step_s']:.2f} s/step, median)", flush=True)
         return
     procs = f"{r['processes']} processes x " if r["processes"] > 1 else ""
-    bn = "compiled" if r["compile"] else ("fused-BN" if r["fused_bn"] else "plain-BN")
     print(f"{r['model']:16s} {'NHWC' if r['channels_last'] else 'NCHW'} {bn} "
           f"{'(+teacher) ' if r['teacher'] else ''}"
           f"{r['image_size']}x{r['image_size']} {procs}batch {r['batch_size']}, {r['workers']} workers, "

@@ -128,10 +128,10 @@ def one_torch_thread():
     from ORT's and greedy NMS can keep a different member of a tied chain (65 vs 66 faces when this test ran alone),
     while the whole suite, where earlier tests had left 1 thread set, passed. Pinning it makes the test independent
     of test order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    from featherface.train.trainer import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 @pytest.mark.parametrize("score,iou", [(0.5, 0.4), (0.45, 0.3)])

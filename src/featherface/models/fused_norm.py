@@ -133,16 +133,15 @@ class BatchNormAct2d(nn.BatchNorm2d):
         return y
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"BatchNormAct2d expects [N, C, H, W], got shape {tuple(x.shape)}")
+        self._check_input_dim(x)
         use_batch_stats = self.training or not self.track_running_stats
         if not use_batch_stats or not self.affine or not torch.is_grad_enabled() or x.numel() == x.shape[1]:
             return self._activate(super().forward(x))
+        running = self.training and self.track_running_stats
         factor = 0.0
-        if self.training and self.track_running_stats:
+        if running:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        running = self.training and self.track_running_stats
         return _BatchNormActFn.apply(x, self.weight, self.bias, self.running_mean if running else None,
                                      self.running_var if running else None, factor, self.eps, self.activation,
                                      self.negative_slope)

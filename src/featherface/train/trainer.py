@@ -148,6 +148,20 @@ def _check_compiler(device: str) -> None:
                                "CPU; install one or set compile = false")
 
 
+def prepare_student(model: nn.Module, *, fused_bn: bool, compile_model: bool, channels_last: bool,
+                    device: torch.device | str = "cpu") -> torch.memory_format:
+    """Ready ``model`` for training in place (config ``fused_bn``, ``compile``, ``channels_last``): fuse BN +
+    activation unless it will be compiled (TorchInductor fuses BatchNorm itself), move it to ``device`` and set its
+    memory format. Returns the memory format its input batches must use."""
+    if fused_bn and not compile_model:
+        fuse_batchnorm_activation(model)
+    model.to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=memory_format)
+    return memory_format
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None):
     """Run the block with ``torch.set_num_threads(threads)`` (None: unchanged), restoring the previous count."""
@@ -272,13 +286,9 @@ class Trainer:
                 n = init_backbone_from(self.model, self.teacher)
                 self.backbone_source = f"teacher {cfg.distill.teacher} ({n} tensors)"
         if cfg.compile:
-            _check_compiler(self.cfg.device)
-        elif cfg.fused_bn:  # TorchInductor fuses BatchNorm itself when compiling
-            fuse_batchnorm_activation(self.model)
-        self.model.to(self.device)
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        if cfg.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            _check_compiler(cfg.device)
+        self.memory_format = prepare_student(self.model, fused_bn=cfg.fused_bn, compile_model=cfg.compile,
+                                             channels_last=cfg.channels_last, device=self.device)
 
         self.criterion = DetectionLoss()
         self.distill = None
