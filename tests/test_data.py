@@ -93,7 +93,9 @@ def test_label_txt_round_trip(tmp_path_factory, seed, counts):
         np.testing.assert_array_equal(ann.boxes, boxes)
         np.testing.assert_array_equal(ann.has_landmarks, has)
         np.testing.assert_allclose(ann.landmarks, lms, atol=1e-5)
-        assert ann.landmarks.shape == (len(boxes), 10) and ann.invalid is None
+        assert ann.landmarks.shape == (len(boxes), 10)
+        assert ann.invalid.dtype == bool and ann.invalid.shape == (len(boxes),) and not ann.invalid.any()
+        assert ann.pseudo_landmarks.shape == (len(boxes),) and not ann.pseudo_landmarks.any()
 
 
 @settings(max_examples=25, deadline=None)
@@ -125,6 +127,73 @@ def test_boxes_only_label_txt_and_empty_image(tmp_path):
     np.testing.assert_array_equal(res.annotations[0].boxes, [[1, 2, 4, 6]])
     assert not res.annotations[0].has_landmarks.any()
     assert res.annotations[1].boxes.shape == (0, 4)
+
+
+TAGGED_LABEL = """\
+# ev/a.jpg
+1 1 5 5
+2 2 5 5 ignore
+3 3 5 5 4 4 0.0 6 4 0.0 5 5 1.0 4 6 0.0 6 6 0.0 1.0 pseudo
+4 4 5 5 4 4 0.0 6 4 0.0 5 5 1.0 4 6 0.0 6 6 0.0 0.9 ignore
+5 5 5 5 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 ignore
+# ev/b.jpg
+6 6 5 5 4 4 0.0 6 4 0.0 5 5 1.0 4 6 0.0 6 6 0.0 0.9
+"""
+
+
+def test_label_txt_tags_ignore_and_pseudo(tmp_path, capsys):
+    lab = tmp_path / "label.txt"
+    lab.write_text(TAGGED_LABEL)
+    res = parse_retinaface_labels(lab)
+    assert res.problems == []
+    a, b = res.annotations
+    np.testing.assert_array_equal(a.invalid, [False, True, False, True, True])
+    np.testing.assert_array_equal(a.pseudo_landmarks, [False, False, True, False, False])
+    np.testing.assert_array_equal(a.has_landmarks, [False, False, True, True, False])
+    np.testing.assert_array_equal(a.boxes[1], [2, 2, 7, 7])
+    np.testing.assert_allclose(a.landmarks[2], [4, 4, 6, 4, 5, 5, 4, 6, 6, 6])
+    assert b.invalid.tolist() == [False] and b.pseudo_landmarks.tolist() == [False]
+    rep = check_dataset(lab, check_images=False)
+    assert rep.ok and rep.num_invalid_flagged == 3 and rep.num_pseudo_landmarks == 1
+    assert rep.num_faces == 6 and rep.num_faces_with_landmarks == 3
+    assert "1 pseudo-landmarks, 3 tagged ignore" in rep.format_text()
+    args = configure_check_parser(argparse.ArgumentParser()).parse_args([str(lab), "--no-images"])
+    assert run_check(args) == 0
+    assert "1 pseudo-landmarks, 3 tagged ignore" in capsys.readouterr().out
+
+
+def test_label_txt_bad_tags(tmp_path):
+    lab = tmp_path / "label.txt"
+    lab.write_text("# ev/a.jpg\n"
+                   "1 1 5 5 skip\n"  # 2: unknown tag -> columns, line left out
+                   "1 1 5 5 4 4 0.0 6 4 0.0 5 5 1.0 4 6 0.0 6 6 0.0 1.0 teacher\n"  # 3: unknown tag
+                   "2 2 5 5 pseudo\n"  # 4: pseudo needs landmarks -> landmarks problem, kept boxes-only
+                   "3 3 5 5 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 pseudo\n"  # 5: same
+                   "4 4 5 5 ignore pseudo\n"  # 6: two tags -> columns
+                   "5 5 5 ignore\n"  # 7: 3 numbers + tag -> columns
+                   "6 6 5 5 1.0\n"  # 8: 5 numbers -> columns
+                   "7 7 5 5 IGNORE\n")  # 9: tags are lower case
+    res = parse_retinaface_labels(lab)
+    got = {(p.line, p.kind) for p in res.problems}
+    assert got == {(2, "columns"), (3, "columns"), (4, "landmarks"), (5, "landmarks"), (6, "columns"),
+                   (7, "columns"), (8, "columns"), (9, "columns")}
+    assert "unknown tag 'skip'" in next(p.message for p in res.problems if p.line == 2)
+    (a,) = res.annotations
+    assert a.face_lines == [4, 5]
+    assert not a.pseudo_landmarks.any() and not a.has_landmarks.any() and not a.invalid.any()
+
+
+def test_bbx_gt_has_no_pseudo_landmarks(tmp_path):
+    (tmp_path / "gt.txt").write_text("ev/a.jpg\n2\n1 1 5 5 0 0 0 1 0 0\n1 1 5 5 0 0 0 0 0 0\n")
+    (a,) = parse_bbx_gt(tmp_path / "gt.txt").annotations
+    assert a.invalid.tolist() == [True, False] and a.pseudo_landmarks.tolist() == [False, False]
+
+
+def test_dataset_drops_ignore_tagged_faces(tmp_path):
+    (tmp_path / "label.txt").write_text("# a.png\n1 1 5 5\n10 10 5 5 ignore\n")
+    make_images(tmp_path / "images", ["a.png"], w=30, h=30)
+    ds = WiderFaceDataset(tmp_path / "label.txt", transform=TrainTransform(image_size=16), verbose=False)
+    assert ds.stats["faces"] == 1 and ds.stats["dropped_invalid"] == 1
 
 
 BAD_LABEL = """\

@@ -4,8 +4,10 @@ Two formats are understood (see ``docs/data-format.md``):
 
 * RetinaFace ``label.txt``: a ``# <relative/path.jpg>`` line opens each image, then one line per face with
   either 20 numbers (``x y w h`` + 5 x ``(lx ly flag)`` + score) or 4 numbers (``x y w h``, boxes only). A face
-  whose 10 landmark coordinates are all ``-1`` has no landmarks. An image header followed by no face line is
-  an image with zero faces (allowed).
+  whose 10 landmark coordinates are all ``-1`` has no landmarks. A face line may end with one tag word after
+  its numbers: ``ignore`` (``Annotation.invalid``: the face is neither a positive nor a negative in training)
+  or ``pseudo`` (``Annotation.pseudo_landmarks``: the landmarks were predicted by a teacher; 20 numbers with
+  landmarks only). An image header followed by no face line is an image with zero faces (allowed).
 * official WIDER FACE ``wider_face_*_bbx_gt.txt``: path line, face count line, then ``count`` lines of
   ``x1 y1 w h blur expression illumination invalid occlusion pose``; an image with count 0 is followed by one
   all-zero line.
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 RETINAFACE_COLUMNS = (4, 20)
+RETINAFACE_TAGS = ("ignore", "pseudo")
 BBX_GT_COLUMNS = 10
 
 
@@ -53,9 +56,10 @@ class Annotation:
     boxes: np.ndarray  # float32 [G, 4]
     landmarks: np.ndarray  # float32 [G, 10]
     has_landmarks: np.ndarray  # bool [G]
-    invalid: np.ndarray | None = None  # bool [G], official bbx_gt "invalid" flag; None for label.txt
+    invalid: np.ndarray | None = None  # bool [G], bbx_gt "invalid" flag or label.txt ``ignore`` tag
     line: int = 0  # 1-based line of the image header in the source file
     face_lines: list[int] = field(default_factory=list)  # 1-based line of each face
+    pseudo_landmarks: np.ndarray | None = None  # bool [G], label.txt ``pseudo`` tag (teacher-predicted landmarks)
 
     @property
     def num_faces(self) -> int:
@@ -165,7 +169,8 @@ def parse_retinaface_labels(path: str | Path, images_root: str | Path | None = N
             boxes[:] = cur["boxes"]
             lms[:] = cur["lms"]
             has[:] = cur["has"]
-        anns.append(Annotation(root / cur["rel"], boxes, lms, has, None, cur["line"], cur["face_lines"]))
+        anns.append(Annotation(root / cur["rel"], boxes, lms, has, np.array(cur["ignore"], bool).reshape(g),
+                               cur["line"], cur["face_lines"], np.array(cur["pseudo"], bool).reshape(g)))
 
     for i, raw in enumerate(lines, start=1):
         line = raw.strip()
@@ -178,16 +183,26 @@ def parse_retinaface_labels(path: str | Path, images_root: str | Path | None = N
                 problems.append(Problem(fname, i, "structure", "image header '#' without a path"))
                 cur = None
                 continue
-            cur = {"rel": rel, "line": i, "boxes": [], "lms": [], "has": [], "face_lines": []}
+            cur = {"rel": rel, "line": i, "boxes": [], "lms": [], "has": [], "face_lines": [], "ignore": [],
+                   "pseudo": []}
             continue
         n_face_lines += 1
         if cur is None:
             problems.append(Problem(fname, i, "structure", "face line before any '# <image path>' header"))
             continue
         tokens = line.split()
+        tag = None
+        if tokens[-1] in RETINAFACE_TAGS or (len(tokens) - 1 in RETINAFACE_COLUMNS and _floats(tokens[-1:]) is None):
+            tag = tokens.pop()
+            if tag not in RETINAFACE_TAGS:
+                problems.append(Problem(fname, i, "columns",
+                                        f"unknown tag {tag!r} after the numbers (expected one of "
+                                        f"{', '.join(RETINAFACE_TAGS)})"))
+                continue
         if len(tokens) not in RETINAFACE_COLUMNS:
             problems.append(Problem(fname, i, "columns",
-                                    f"expected 20 numbers (or 4 for boxes only), found {len(tokens)}"))
+                                    f"expected 20 numbers (or 4 for boxes only) and an optional tag "
+                                    f"({', '.join(RETINAFACE_TAGS)}), found {len(line.split())} fields"))
             continue
         vals = _checked_numbers(fname, i, tokens, problems)
         if vals is None:
@@ -208,9 +223,17 @@ def parse_retinaface_labels(path: str | Path, images_root: str | Path | None = N
                                         "the face is used without landmarks"))
             else:
                 lm, has = coords, True
+        pseudo = tag == "pseudo"
+        if pseudo and not has:
+            problems.append(Problem(fname, i, "landmarks",
+                                    "tag 'pseudo' on a face without landmarks (pseudo needs 20 numbers with "
+                                    "landmarks); the face is used without landmarks"))
+            pseudo = False
         cur["boxes"].append([x, y, x + w, y + h])
         cur["lms"].append(lm)
         cur["has"].append(has)
+        cur["ignore"].append(tag == "ignore")
+        cur["pseudo"].append(pseudo)
         cur["face_lines"].append(i)
     close()
     return ParseResult(path, "retinaface", anns, problems, n_face_lines)
@@ -284,7 +307,8 @@ def parse_bbx_gt(path: str | Path, images_root: str | Path | None = None) -> Par
         b, lm, has = _empty(g)
         if g:
             b[:] = boxes
-        anns.append(Annotation(root / rel, b, lm, has, np.array(invalid, bool).reshape(g), header, face_lines))
+        anns.append(Annotation(root / rel, b, lm, has, np.array(invalid, bool).reshape(g), header, face_lines,
+                               np.zeros(g, bool)))
         if truncated:
             break
     return ParseResult(path, "bbx_gt", anns, problems, n_face_lines)
@@ -311,9 +335,10 @@ class CheckReport:
     num_faces: int  # usable faces (parsed, positive size)
     num_faces_with_landmarks: int
     num_empty_images: int
-    num_invalid_flagged: int
+    num_invalid_flagged: int  # bbx_gt faces flagged invalid, or label.txt faces tagged ``ignore``
     num_images_checked: int
     problems: list[Problem]
+    num_pseudo_landmarks: int = 0  # usable faces whose landmarks carry the ``pseudo`` tag (label.txt)
 
     @property
     def ok(self) -> bool:
@@ -336,7 +361,8 @@ class CheckReport:
         out.append(f"{self.path} ({self.format}): {self.num_images} images "
                    f"({self.num_empty_images} with no usable face), {self.num_face_lines} face lines, "
                    f"{self.num_faces} usable faces ({self.num_faces_with_landmarks} with landmarks"
-                   + (f", {self.num_invalid_flagged} flagged invalid" if self.format == "bbx_gt" else "")
+                   + (f", {self.num_invalid_flagged} flagged invalid" if self.format == "bbx_gt" else
+                      f", {self.num_pseudo_landmarks} pseudo-landmarks, {self.num_invalid_flagged} tagged ignore")
                    + f"); {self.num_images_checked} images decoded from {self.images_root}")
         if self.problems:
             kinds = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts_by_kind.items()))
@@ -381,7 +407,7 @@ def check_dataset(path: str | Path, images_root: str | Path | None = None, forma
                                             f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the "
                                             f"{w}x{h} image {ann.image_path.name}"))
     problems.sort(key=lambda p: (p.line, p.kind))
-    n_faces = n_lm = n_inv = n_empty = 0
+    n_faces = n_lm = n_inv = n_empty = n_pseudo = 0
     for a in res.annotations:
         pos = (a.boxes[:, 2] > a.boxes[:, 0]) & (a.boxes[:, 3] > a.boxes[:, 1])
         n_faces += int(pos.sum())
@@ -389,9 +415,12 @@ def check_dataset(path: str | Path, images_root: str | Path | None = None, forma
         n_lm += int((pos & a.has_landmarks).sum())
         if a.invalid is not None:
             n_inv += int(a.invalid.sum())
+        if a.pseudo_landmarks is not None:
+            n_pseudo += int((pos & a.pseudo_landmarks).sum())
     return CheckReport(
         path=path, format=res.format, images_root=root, num_images=len(res.annotations),
         num_face_lines=res.num_face_lines, num_faces=n_faces, num_faces_with_landmarks=n_lm,
         num_empty_images=n_empty,
         num_invalid_flagged=n_inv, num_images_checked=n_checked, problems=problems,
+        num_pseudo_landmarks=n_pseudo,
     )
