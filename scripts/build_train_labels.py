@@ -3,7 +3,8 @@
     python scripts/build_train_labels.py IMAGES_ROOT OUT_LABELS [--landmarks LABEL_TXT] [--bbx-gt BBX_GT_TXT]
 
 Images listed in LABEL_TXT (RetinaFace labels with landmarks) keep those lines; every other image gets its boxes
-from the official BBX_GT_TXT as 4-number lines (no landmarks), skipping faces flagged invalid and zero-size boxes.
+from the official BBX_GT_TXT as 4-number lines (no landmarks); faces flagged invalid there are written with the
+``ignore`` tag (``x y w h ignore``, see docs/data-format.md) and zero-size boxes are skipped.
 Defaults read ../shared/data/widerface/train/.
 """
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     with_landmarks = set(blocks) & have
 
     lines = args.bbx_gt.read_text().split("\n")
-    i, boxes_only, faces, skipped = 0, 0, 0, 0
+    i, boxes_only, faces, ignored, skipped = 0, 0, 0, 0, 0
     out_blocks: dict[str, list[str]] = {k: blocks[k] for k in with_landmarks}
     while i < len(lines):
         name = lines[i].strip()
@@ -51,18 +52,23 @@ def main(argv: list[str] | None = None) -> int:
         kept = []
         for row in rows[:n]:
             x, y, w, h, _blur, _expr, _ill, invalid, _occ, _pose = (int(v) for v in row.split()[:10])
-            if invalid or w <= 0 or h <= 0:
+            if w <= 0 or h <= 0:
                 skipped += 1
                 continue
-            kept.append(f"{x} {y} {w} {h}")
+            if invalid:
+                ignored += 1
+                kept.append(f"{x} {y} {w} {h} ignore")
+            else:
+                faces += 1
+                kept.append(f"{x} {y} {w} {h}")
         out_blocks[name] = kept
         boxes_only += 1
-        faces += len(kept)
     text = "".join(f"# {k}\n" + "".join(f"{r}\n" for r in v) for k, v in sorted(out_blocks.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"{len(out_blocks)} images: {len(with_landmarks)} with landmarks ({sum(len(blocks[k]) for k in with_landmarks)} "
-          f"faces), {boxes_only} boxes-only ({faces} faces; {skipped} invalid or zero-size faces skipped) -> {args.out}")
+          f"faces), {boxes_only} boxes-only ({faces} faces + {ignored} invalid-flagged faces tagged ignore; "
+          f"{skipped} zero-size boxes skipped) -> {args.out}")
     return 0
 
 
