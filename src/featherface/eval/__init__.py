@@ -8,6 +8,7 @@ Typical use::
 """
 
 from featherface.eval.protocols import LongestSide, MultiScaleFlip, OriginalSize, TestProtocol, parse_protocol
+from featherface.eval.per_size import SizeRecall, save_size_recall_plot, size_recall
 from featherface.eval.widerface import (
     SETTINGS,
     GroundTruth,
@@ -41,4 +42,7 @@ __all__ = [
     "LongestSide",
     "MultiScaleFlip",
     "parse_protocol",
+    "SizeRecall",
+    "size_recall",
+    "save_size_recall_plot",
 ]

@@ -59,6 +59,8 @@ def _print_result(result, protocol_label: str, out: Path | None, timing: dict) -
     )
     for name, sr in result.settings.items():
         print(f"{name.capitalize():<6} Val AP: {sr.ap:.4f}  ({sr.ap * 100:.2f} %, {sr.num_faces} faces)")
+    if result.size_recall is not None:
+        print(result.size_recall.format_table())
     parts = [f"{k} {v:.2f} s" for k, v in timing.items() if k.endswith("_s")]
     if parts:
         print("Time: " + ", ".join(parts))

@@ -4,7 +4,9 @@ Outputs under ``output_dir``:
 
 - ``predictions/<event>/<image>.txt`` -- official format, float coordinates (``x y w h score``);
 - ``results.json`` -- AP per setting, counts, the protocol (name and all settings), timings, inputs;
-- ``pr_curve.png`` -- precision-recall curves of the three settings.
+- ``pr_curve.png`` -- precision-recall curves of the three settings;
+- ``size_recall.png`` -- recall per face-size bin of the Hard faces, at any score and at raw score >= 0.5 (the same
+  table is ``size_recall`` in ``results.json``; definitions in :mod:`featherface.eval.per_size`).
 
 Detector time (image decoding + all passes + NMS) and scoring time are measured separately.
 """
@@ -23,6 +25,7 @@ import numpy as np
 
 from featherface.errors import InputError
 from featherface.eval.protocols import OriginalSize, TestProtocol
+from featherface.eval.per_size import save_size_recall_plot, size_recall
 from featherface.eval.widerface import (
     GroundTruth,
     WiderResult,
@@ -205,7 +208,8 @@ def write_report(
     timing: Mapping[str, Any],
     plot: bool = True,
 ) -> dict[str, Any]:
-    """Write ``results.json`` (and ``pr_curve.png``) into ``output_dir``; returns the JSON content."""
+    """Write ``results.json`` (and ``pr_curve.png``, and ``size_recall.png`` when ``result.size_recall`` is set) into
+    ``output_dir``; returns the JSON content."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
@@ -220,6 +224,10 @@ def write_report(
         title = protocol.get("label", protocol.get("name", "")) if protocol else ""
         save_pr_curve(result, out / "pr_curve.png", title=title)
         report["pr_curve"] = str(out / "pr_curve.png")
+    if result.size_recall is not None:
+        report["size_recall"] = result.size_recall.to_dict()
+        if plot:
+            report["size_recall_plot"] = str(save_size_recall_plot(result.size_recall, out / "size_recall.png"))
     curves = {k: {"recall": v.recall.tolist(), "precision": v.precision.tolist()} for k, v in result.settings.items()}
     report["curves"] = curves
     text = json.dumps(_finite(report), indent=1, default=_json_default, allow_nan=False)
@@ -266,7 +274,8 @@ def evaluate_detector(
     progress: bool = True,
     plot: bool = True,
 ) -> tuple[WiderResult, dict[str, Any]]:
-    """Detector pass over the images, official files under ``output_dir/predictions``, AP, JSON and PR curve.
+    """Detector pass over the images, official files under ``output_dir/predictions``, AP, recall per face size,
+    JSON and plots.
 
     With ``image_list`` the ground truth is restricted to the listed images (as the val-dev figures are made);
     without, every ground-truth image counts and those not under ``images_root`` have no detections."""
@@ -278,7 +287,9 @@ def evaluate_detector(
         detector, images_root, image_list=rels, protocol=proto, predictions_dir=out / "predictions", progress=progress
     )
     t0 = time.perf_counter()
-    result = evaluate(preds, _restrict(gt, rels if image_list is not None else None))
+    gt_used = _restrict(gt, rels if image_list is not None else None)
+    result = evaluate(preds, gt_used)
+    result.size_recall = size_recall(preds, gt_used)
     timing = {**timing, "scoring_s": time.perf_counter() - t0}
     inputs = {
         "images": str(images_root),
@@ -307,6 +318,7 @@ def score_prediction_folder(
     t1 = time.perf_counter()
     names = read_image_list(image_list) if isinstance(image_list, (str, os.PathLike)) else image_list
     result = evaluate(preds, gt, image_list=names)
+    result.size_recall = size_recall(preds, gt, image_list=names)
     t2 = time.perf_counter()
     timing = {"read_s": t1 - t0, "scoring_s": t2 - t1, "total_s": t2 - t0}
     result.extra["timing"] = timing

@@ -35,11 +35,14 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from featherface.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from featherface.eval.per_size import SizeRecall
 
 __all__ = [
     "SETTINGS",
@@ -508,6 +511,7 @@ class WiderResult:
     thresh_num: int
     ground_truth: str = ""
     extra: dict = field(default_factory=dict)
+    size_recall: "SizeRecall | None" = None  # set by the runner (featherface.eval.per_size); not in to_dict()
 
     @property
     def ap(self) -> dict[str, float]:
@@ -591,49 +595,46 @@ def _best_matches(pred_xywh: np.ndarray, gt_xywh: np.ndarray, iou_threshold: flo
     return best, best_ov >= iou_threshold
 
 
-def _match_all(
-    preds: list[np.ndarray], gts: list[np.ndarray], offsets: list[int], iou_threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Best GT face of every prediction, over all images at once, computing IoU only where it can reach the threshold.
+def _overlap_pairs(
+    preds: list[np.ndarray], gts: list[np.ndarray], iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (prediction, face) pair of the same image with IoU >= ``iou_threshold`` ("+1" convention), over all
+    images at once, computing IoU only where it can reach the threshold.
 
-    ``preds[i]`` [N_i, >=4] (x, y, w, h, in processing order), ``gts[i]`` [K_i, 4], ``offsets[i]`` the global index
-    of the first face of image i. Returns (global face index of the best match, -1 when none; whether IoU >= the
-    threshold) for the concatenated predictions. Same result as the dense :func:`_best_matches` per image: 2-D IoU
-    never exceeds the 1-D IoU along x, which bounds where the left edge of a matching face can be
+    ``preds[i]`` [N_i, >=4] (x, y, w, h), ``gts[i]`` [K_i, 4]. Returns (row of the prediction in the concatenated
+    ``preds``, row of the face in the concatenated ``gts``, IoU), grouped by prediction row ascending. 2-D IoU never
+    exceeds the 1-D IoU along x, which bounds where the left edge of a matching face can be
     (``px1 - c1*Lp <= gx1 <= px1 + c2*Lp``, ``Lp`` = width + 1); the candidates in that window get the exact IoU of
-    the reference, and among those reaching the threshold the highest IoU wins, the lowest face index on ties."""
+    the reference (same double-precision operations)."""
     if not (0.0 < iou_threshold <= 1.0):
         raise ValueError("iou_threshold must be in (0, 1]")
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
     n_total = int(sum(len(p) for p in preds))
     if n_total == 0:
-        return np.zeros(0, np.int64), np.zeros(0, bool)
+        return empty
     r = iou_threshold / (1.0 + iou_threshold)
     c1 = (1.0 - 2.0 * r) / r
     c2 = (1.0 - 2.0 * r) / (1.0 - r)
     pad = 1.0
-    lo_l, hi_l, gsort_l, gglob_l = [], [], [], []
+    lo_l, hi_l, gsort_l = [], [], []
     pos = 0
-    for p, gb, off in zip(preds, gts, offsets):
+    for p, gb in zip(preds, gts):
         gorder = np.argsort(gb[:, 0], kind="stable")
         gx1 = gb[gorder, 0]
         lp = p[:, 2] + 1.0
         lo_l.append(np.searchsorted(gx1, p[:, 0] - c1 * lp - pad, side="left") + pos)
         hi_l.append(np.searchsorted(gx1, p[:, 0] + c2 * lp + pad, side="right") + pos)
         gsort_l.append(gorder + pos)
-        gglob_l.append(np.arange(off, off + len(gb)))
         pos += len(gb)
     p_all = np.concatenate(preds)
     g_all = np.concatenate(gts)
     lo = np.concatenate(lo_l)
     hi = np.concatenate(hi_l)
     gsorted = np.concatenate(gsort_l)  # position in the x1-sorted faces -> row of g_all
-    gglob = np.concatenate(gglob_l)  # row of g_all -> global face index
     cnt = np.maximum(hi - lo, 0)
     m = int(cnt.sum())
-    best = np.full(n_total, -1, np.int64)
-    valid = np.zeros(n_total, bool)
     if m == 0:
-        return best, valid
+        return empty
     pid = np.repeat(np.arange(n_total), cnt)
     starts = np.cumsum(cnt) - cnt
     gid = gsorted[np.arange(m) - np.repeat(starts - lo, cnt)]
@@ -649,7 +650,7 @@ def _match_all(
     ih = np.minimum(py2, gy2) - np.maximum(py1, gy1) + 1
     keep = np.flatnonzero((iw > 0) & (ih > 0))
     if keep.size == 0:
-        return best, valid
+        return empty
     iw, ih, pid, gid = iw[keep], ih[keep], pid[keep], gid[keep]
     px1, py1, px2, py2 = px1[keep], py1[keep], px2[keep], py2[keep]
     gx1, gy1, gx2, gy2 = gx1[keep], gy1[keep], gx2[keep], gy2[keep]
@@ -658,9 +659,25 @@ def _match_all(
     with np.errstate(divide="ignore", invalid="ignore"):
         ov = iw * ih / (p_area + g_area - iw * ih)
     hit = np.flatnonzero(ov >= iou_threshold)
-    if hit.size == 0:
+    return pid[hit], gid[hit], ov[hit]
+
+
+def _match_all(
+    preds: list[np.ndarray], gts: list[np.ndarray], offsets: list[int], iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best GT face of every prediction, over all images at once (pairs from :func:`_overlap_pairs`).
+
+    ``preds[i]`` [N_i, >=4] (x, y, w, h, in processing order), ``gts[i]`` [K_i, 4], ``offsets[i]`` the global index
+    of the first face of image i. Returns (global face index of the best match, -1 when none; whether IoU >= the
+    threshold) for the concatenated predictions. Same result as the dense :func:`_best_matches` per image: among the
+    faces reaching the threshold the highest IoU wins, the lowest face index on ties."""
+    n_total = int(sum(len(p) for p in preds))
+    best = np.full(n_total, -1, np.int64)
+    valid = np.zeros(n_total, bool)
+    pid, gid, ov = _overlap_pairs(preds, gts, iou_threshold)
+    if pid.size == 0:
         return best, valid
-    pid, gid, ov = pid[hit], gid[hit], ov[hit]
+    gglob = np.concatenate([np.arange(off, off + len(gb)) for gb, off in zip(gts, offsets)])  # row -> global index
     o = np.lexsort((gid, -ov, pid))
     pid, gid = pid[o], gid[o]
     first = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
