@@ -35,6 +35,8 @@ _DATA_COMMANDS = {
     "check": ("featherface.data.cli", "configure_check_parser", "run_check", "validate a label file and its images"),
     "preview": ("featherface.data.cli", "configure_preview_parser", "run_preview",
                 "write a PNG of augmented training samples"),
+    "pseudo-label": ("featherface.data.cli", "configure_pseudo_label_parser", "run_pseudo_label",
+                     "fill boxes-only faces' landmarks from a teacher (tag 'pseudo')"),
 }
 
 
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, spec in _COMMANDS.items():
         _add(sub, name, spec)
     if _available("featherface.data.cli"):
-        data = sub.add_parser("data", help="dataset tools (check, preview)")
+        data = sub.add_parser("data", help="dataset tools (check, preview, pseudo-label)")
         data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
         for name, spec in _DATA_COMMANDS.items():
             _add(data_sub, name, spec)

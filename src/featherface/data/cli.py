@@ -1,4 +1,5 @@
-"""``featherface data check`` and ``featherface data preview`` (wired into the main CLI elsewhere)."""
+"""``featherface data check``, ``featherface data preview`` and ``featherface data pseudo-label`` (wired into the
+main CLI elsewhere)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from featherface.errors import InputError
 
-__all__ = ["configure_check_parser", "run_check", "configure_preview_parser", "run_preview", "write_atomic"]
+__all__ = ["configure_check_parser", "run_check", "configure_preview_parser", "run_preview",
+           "configure_pseudo_label_parser", "run_pseudo_label", "write_atomic"]
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
@@ -138,4 +140,56 @@ def run_preview(args: argparse.Namespace) -> int:
         raise InputError("PNG encoding failed")
     write_atomic(out, buf.tobytes())
     print(f"wrote {out} ({len(cells)} samples, seed {args.seed})")
+    return 0
+
+
+def configure_pseudo_label_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.description = ("Fill the landmarks of boxes-only faces of a RetinaFace label.txt from a teacher: one "
+                          "teacher run per image at original size, best-IoU detection per face (greedy), faces "
+                          "written as 20-number lines tagged 'pseudo'. Fully annotated images are copied "
+                          "unchanged.")
+    parser.add_argument("labels", help="RetinaFace label.txt")
+    parser.add_argument("--teacher", required=True, help="checkpoint loadable by featherface (the teacher)")
+    parser.add_argument("-o", "--output", required=True, help="label file to write (atomically)")
+    parser.add_argument("--images", default=None, help="images root (default: images/ next to LABELS)")
+    parser.add_argument("--iou", type=float, default=0.5, help="minimum IoU between a face and a detection")
+    parser.add_argument("--score", type=float, default=0.8, help="minimum teacher detection score")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="run the teacher on at most N images (the first that need it); the others are "
+                             "copied unchanged")
+    parser.add_argument("--device", default="cpu", help="torch device for the teacher")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_pseudo_label(args: argparse.Namespace) -> int:
+    import time
+
+    from featherface.api import FaceDetector
+    from featherface.data.pseudo_label import pseudo_label_file
+
+    labels = _labels_path(args.labels)
+    if args.images is not None and not Path(args.images).is_dir():
+        raise InputError(f"images folder not found: {args.images}")
+    if not Path(args.teacher).is_file():
+        raise InputError(f"teacher checkpoint not found: {args.teacher}")
+    if not 0.0 < args.iou <= 1.0:
+        raise InputError(f"--iou must be in (0, 1], got {args.iou}")
+    if not 0.0 <= args.score <= 1.0:
+        raise InputError(f"--score must be in [0, 1], got {args.score}")
+    if args.max_images is not None and args.max_images < 0:
+        raise InputError(f"--max-images must be >= 0, got {args.max_images}")
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise InputError(f"output folder does not exist: {out.parent}")
+    t0 = time.perf_counter()
+    detector = FaceDetector(args.teacher, device=args.device, score_threshold=args.score, resize="original")
+    stats = pseudo_label_file(labels, detector, out, images_root=args.images, iou_threshold=args.iou,
+                              score_threshold=args.score, max_images=args.max_images,
+                              progress=not args.no_progress)
+    print(f"wrote {out}: {stats.images} images ({stats.teacher_images} run through the teacher, "
+          f"{stats.copied_images} fully annotated copied unchanged, {stats.skipped_images} left unchanged past "
+          f"--max-images, {stats.unreadable_images} missing or unreadable; {stats.problems} parser problems, "
+          f"their lines copied unchanged) in {time.perf_counter() - t0:.1f} s")
+    print(stats.summary())
     return 0
