@@ -57,10 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     config = extra.get("config") or {}
     model = load_model(args.checkpoint)
     if args.bn_batches:
+        from featherface.train.freeze import freeze_module, unfreeze_module
         from featherface.train.precise_bn import recompute_bn_stats
 
+        if config.get("freeze_backbone"):  # trained on the teacher's frozen backbone: its BNs stay as they are
+            freeze_module(model.body)
+
         used = recompute_bn_stats(model, _bn_batches(config, args.bn_batches, args.bn_batch_size, seed=0))
-        print(f"BatchNorm statistics re-estimated over {used} training batches of {args.bn_batch_size}")
+        if config.get("freeze_backbone"):
+            unfreeze_module(model.body)
+        print(f"BatchNorm statistics re-estimated over {used} training batches of {args.bn_batch_size}"
+              + (" (frozen backbone's BNs untouched)" if config.get("freeze_backbone") else ""))
     provenance = {"source_checkpoint": str(args.checkpoint), "epochs_trained": extra.get("epoch"),
                   "precise_bn_batches": args.bn_batches, "train_config": config.get("name"), "notes": args.notes}
     path = save_checkpoint(args.out / FILE_NAME, model, extra={"provenance": provenance})

@@ -350,7 +350,10 @@ def test_dataset_from_bbx_gt_missing_images_and_invalid(tmp_path):
     assert ds.stats["faces"] == 1 and ds.stats["faces_with_landmarks"] == 0
     ds = WiderFaceDataset(tmp_path / "gt.txt", transform=TrainTransform(image_size=16), skip_missing_images=True,
                           drop_invalid=False, verbose=False)
-    assert ds.stats["faces"] == 2
+    # kept, as an ignore region (neither a face nor background in training)
+    assert ds.stats["faces"] == 1 and ds.stats["ignore_faces"] == 1 and ds.stats["dropped_invalid"] == 0
+    sample = ds.load(0)
+    assert sample.num_faces == 2 and sample.ignore.tolist() == [False, True]
     with pytest.raises(InputError):
         WiderFaceDataset(tmp_path / "gt.txt", images_root=tmp_path / "nope")
 

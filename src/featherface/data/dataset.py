@@ -32,14 +32,19 @@ class WiderFaceDataset(Dataset):
     * lines that cannot be parsed are counted (``bad_lines``) and listed by ``featherface data check``;
     * boxes with zero or negative size are dropped (``dropped_degenerate``); boxes are clipped to the image when
       it is loaded, and any that become empty are dropped then (``dropped_outside``, counted as they happen);
-    * for bbx_gt files, faces flagged ``invalid`` are dropped when ``drop_invalid`` (``dropped_invalid``);
+    * faces flagged ``invalid`` (the official bbx_gt flag, or the ``ignore`` tag of a label.txt line) are dropped
+      when ``drop_invalid`` (``dropped_invalid``), and otherwise kept as *ignore regions* (``ignore_faces``):
+      neither faces nor background in training (see :func:`featherface.train.matching.match_anchors`);
+    * landmarks tagged ``pseudo`` (predicted by a teacher, ``featherface data pseudo-label``) are used unless
+      ``use_pseudo_landmarks`` is False (then the face is boxes-only; ``pseudo_landmarks`` counts them);
     * images missing on disk raise :class:`InputError` unless ``skip_missing_images`` (``skipped_images``).
       Images with zero faces are kept (they give pure background samples).
     """
 
     def __init__(self, labels: str | Path, images_root: str | Path | None = None,
                  transform: TrainTransform | None = None, seed: int = 0, format: str = "auto",
-                 drop_invalid: bool = True, skip_missing_images: bool = False, verbose: bool = True):
+                 drop_invalid: bool = True, skip_missing_images: bool = False, verbose: bool = True,
+                 use_pseudo_landmarks: bool = True):
         self.labels = Path(labels)
         self.images_root = Path(images_root) if images_root is not None else default_images_root(self.labels)
         if not self.images_root.is_dir():
@@ -51,7 +56,7 @@ class WiderFaceDataset(Dataset):
         self.format = res.format
         stats = {"images": 0, "faces": 0, "faces_with_landmarks": 0, "bad_lines": 0,
                  "dropped_degenerate": 0, "dropped_invalid": 0, "dropped_outside": 0, "skipped_images": 0,
-                 "empty_images": 0}
+                 "empty_images": 0, "ignore_faces": 0, "pseudo_landmarks": 0}
         stats["bad_lines"] = sum(1 for p in res.problems if p.kind in ("columns", "number", "structure"))
         anns: list[Annotation] = []
         missing: list[Path] = []
@@ -61,11 +66,20 @@ class WiderFaceDataset(Dataset):
                 continue
             keep = (a.boxes[:, 2] > a.boxes[:, 0]) & (a.boxes[:, 3] > a.boxes[:, 1])
             stats["dropped_degenerate"] += int((~keep).sum())
-            if drop_invalid and a.invalid is not None:
-                stats["dropped_invalid"] += int((keep & a.invalid).sum())
-                keep &= ~a.invalid
-            a = Annotation(a.image_path, a.boxes[keep], a.landmarks[keep], a.has_landmarks[keep],
-                           None if a.invalid is None else a.invalid[keep], a.line,
+            invalid = np.zeros(len(keep), bool) if a.invalid is None else np.asarray(a.invalid, bool)
+            if drop_invalid:
+                stats["dropped_invalid"] += int((keep & invalid).sum())
+                keep &= ~invalid
+            has = a.has_landmarks.copy()
+            pseudo = getattr(a, "pseudo_landmarks", None)
+            if pseudo is not None:
+                pseudo = np.asarray(pseudo, bool) & has
+                stats["pseudo_landmarks"] += int((keep & pseudo).sum())
+                if not use_pseudo_landmarks:
+                    has &= ~pseudo
+            lms = np.where(has[:, None], a.landmarks, 0.0).astype(np.float32)
+            stats["ignore_faces"] += int((keep & invalid).sum())
+            a = Annotation(a.image_path, a.boxes[keep], lms[keep], has[keep], invalid[keep], a.line,
                            [ln for ln, k in zip(a.face_lines, keep) if k])
             anns.append(a)
         if missing and not skip_missing_images:
@@ -76,7 +90,7 @@ class WiderFaceDataset(Dataset):
         if not anns:
             raise InputError(f"no usable image in {self.labels} (images root {self.images_root})")
         stats["images"] = len(anns)
-        stats["faces"] = sum(a.num_faces for a in anns)
+        stats["faces"] = sum(a.num_faces for a in anns) - stats["ignore_faces"]
         stats["faces_with_landmarks"] = sum(int(a.has_landmarks.sum()) for a in anns)
         stats["empty_images"] = sum(1 for a in anns if a.num_faces == 0)
         self.annotations = anns
@@ -89,7 +103,8 @@ class WiderFaceDataset(Dataset):
         return (f"{self.labels}: {s['images']} images ({s['empty_images']} without faces), {s['faces']} faces "
                 f"({s['faces_with_landmarks']} with landmarks); skipped {s['skipped_images']} missing images, "
                 f"{s['bad_lines']} unparseable lines, dropped {s['dropped_degenerate']} zero-size and "
-                f"{s['dropped_invalid']} invalid-flagged boxes")
+                f"{s['dropped_invalid']} invalid-flagged boxes; {s['ignore_faces']} ignore regions, "
+                f"{s['pseudo_landmarks']} faces with pseudo-landmarks")
 
     def __len__(self) -> int:
         return len(self.annotations)
@@ -113,7 +128,8 @@ class WiderFaceDataset(Dataset):
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if not keep.all():
             self.stats["dropped_outside"] += int((~keep).sum())
-        return Sample(img, boxes[keep], a.landmarks[keep], a.has_landmarks[keep])
+        ignore = np.zeros(len(boxes), bool) if a.invalid is None else a.invalid
+        return Sample(img, boxes[keep], a.landmarks[keep], a.has_landmarks[keep], None, ignore[keep])
 
     def augmented(self, index: int) -> tuple[Sample, str | None]:
         """The augmented (and possibly mixed) sample at the output size, uint8, pixel coordinates."""
@@ -144,5 +160,7 @@ def detection_collate(batch) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]
             "has_landmarks": torch.as_tensor(t["has_landmarks"], dtype=torch.bool).reshape(-1),
             "weights": torch.as_tensor(t.get("weights", np.ones(len(t["boxes"]), np.float32)),
                                        dtype=torch.float32).reshape(-1),
+            "ignore_boxes": torch.as_tensor(t.get("ignore_boxes", np.zeros((0, 4), np.float32)),
+                                            dtype=torch.float32).reshape(-1, 4),
         })
     return images, targets

@@ -65,6 +65,7 @@ class Sample:
     landmarks: np.ndarray  # float32 [G, 10] pixels (zeros where has_landmarks is False)
     has_landmarks: np.ndarray  # bool [G]
     weights: np.ndarray | None = None  # float32 [G]; None means all ones
+    ignore: np.ndarray | None = None  # bool [G]; True: an ignore region (neither face nor background); None: none
 
     def __post_init__(self) -> None:
         g = self.boxes.shape[0]
@@ -73,21 +74,33 @@ class Sample:
         object.__setattr__(self, "has_landmarks", np.asarray(self.has_landmarks, bool).reshape(g))
         w = np.ones(g, np.float32) if self.weights is None else np.asarray(self.weights, np.float32).reshape(g)
         object.__setattr__(self, "weights", w)
+        ig = np.zeros(g, bool) if self.ignore is None else np.asarray(self.ignore, bool).reshape(g)
+        object.__setattr__(self, "ignore", ig)
 
     @property
     def num_faces(self) -> int:
         return int(self.boxes.shape[0])
 
     def select(self, keep: np.ndarray) -> "Sample":
-        return Sample(self.image.copy(), self.boxes[keep], self.landmarks[keep], self.has_landmarks[keep], self.weights[keep])
+        return Sample(self.image.copy(), self.boxes[keep], self.landmarks[keep], self.has_landmarks[keep],
+                      self.weights[keep], self.ignore[keep])
+
+    def with_geometry(self, image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray,
+                      has_landmarks: np.ndarray | None = None, keep: np.ndarray | None = None) -> "Sample":
+        """A new sample with ``image`` and the given per-face geometry; the per-face attributes that a geometric
+        transform does not change (weights, ignore flags, and ``has_landmarks`` unless given) are carried over,
+        restricted to ``keep`` (a mask or index array over this sample's faces) when given."""
+        sel = slice(None) if keep is None else keep
+        has = self.has_landmarks[sel] if has_landmarks is None else has_landmarks
+        return Sample(image, boxes, landmarks, has, self.weights[sel].copy(), self.ignore[sel].copy())
 
     @staticmethod
-    def create(image, boxes=None, landmarks=None, has_landmarks=None, weights=None) -> "Sample":
+    def create(image, boxes=None, landmarks=None, has_landmarks=None, weights=None, ignore=None) -> "Sample":
         boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
         g = boxes.shape[0]
         landmarks = np.zeros((g, 10), np.float32) if landmarks is None else landmarks
         has_landmarks = np.zeros(g, bool) if has_landmarks is None else has_landmarks
-        return Sample(np.asarray(image), boxes, landmarks, has_landmarks, weights)
+        return Sample(np.asarray(image), boxes, landmarks, has_landmarks, weights, ignore)
 
 
 def _zero_missing(landmarks: np.ndarray, has: np.ndarray) -> np.ndarray:
@@ -105,35 +118,41 @@ def _landmarks_inside(landmarks: np.ndarray, rect) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------- crop
 def random_square_crop(sample: Sample, rng: np.random.Generator, scales=CROP_SCALES,
-                       max_tries: int = 250) -> tuple[Sample, bool]:
+                       max_tries: int = 250, fill=MEAN_BGR) -> tuple[Sample, bool]:
     """RetinaFace ``_crop``: up to ``max_tries`` square crops of side ``int(s * min(H, W))``, ``s`` drawn from
-    ``scales``, at a random position. A try is accepted if at least one face lies fully inside; the crop keeps
-    exactly the faces whose centre is strictly inside it, with boxes clipped to the crop. Returns
-    ``(sample, True)`` on success and ``(copy of the input, False)`` when every try failed. An image with
-    no face is cropped on the first try."""
+    ``scales``, at a random position. A try is accepted if at least one face (not an ignore region) lies fully
+    inside; the crop keeps exactly the faces whose centre is strictly inside it, with boxes clipped to the crop.
+    Returns ``(sample, True)`` on success and ``(copy of the input, False)`` when every try failed. An image with
+    no face is cropped on the first try.
+
+    Scales above 1 zoom out (SCRFD's sample redistribution): the square is larger than the image on at least one
+    side, the image is placed at a random offset inside it and the rest is filled with ``fill`` (the mean colour),
+    so faces come out smaller after the resize."""
     img = sample.image
     h, w = img.shape[:2]
     boxes = sample.boxes
+    countable = ~sample.ignore
     for _ in range(max_tries):
         s = float(scales[int(rng.integers(len(scales)))])
         side = int(s * min(h, w))
         if side < 1:
             continue
-        left = int(rng.integers(w - side + 1))
-        top = int(rng.integers(h - side + 1))
+        # left/top range over every position where the square covers the image as much as it can
+        left = int(rng.integers(min(0, w - side), max(0, w - side) + 1))
+        top = int(rng.integers(min(0, h - side), max(0, h - side) + 1))
         x1, y1, x2, y2 = left, top, left + side, top + side
-        if sample.num_faces:
+        if countable.any():
             fully = ((boxes[:, 0] >= x1) & (boxes[:, 1] >= y1) & (boxes[:, 2] <= x2) & (boxes[:, 3] <= y2))
-            if not fully.any():
+            if not (fully & countable).any():
                 continue
         cx = (boxes[:, 0] + boxes[:, 2]) / 2
         cy = (boxes[:, 1] + boxes[:, 3]) / 2
         keep = (cx > x1) & (cx < x2) & (cy > y1) & (cy < y2)
-        if sample.num_faces and not keep.any():
+        if countable.any() and not (keep & countable).any():
             continue
         nb = boxes[keep].copy()
-        nb[:, [0, 2]] = np.clip(nb[:, [0, 2]], x1, x2) - x1
-        nb[:, [1, 3]] = np.clip(nb[:, [1, 3]], y1, y2) - y1
+        nb[:, [0, 2]] = np.clip(nb[:, [0, 2]], max(x1, 0), min(x2, w)) - x1
+        nb[:, [1, 3]] = np.clip(nb[:, [1, 3]], max(y1, 0), min(y2, h)) - y1
         lm = sample.landmarks[keep]
         has = sample.has_landmarks[keep] & _landmarks_inside(lm, (x1, y1, x2, y2))
         lm = lm.copy()
@@ -142,10 +161,16 @@ def random_square_crop(sample: Sample, rng: np.random.Generator, scales=CROP_SCA
         lm = _zero_missing(lm, has)
         # centre strictly inside => positive size after clipping; guard against float rounding anyway
         ok = (nb[:, 2] > nb[:, 0]) & (nb[:, 3] > nb[:, 1])
-        out = Sample(img[y1:y2, x1:x2].copy(), nb[ok], lm[ok], has[ok], sample.weights[keep][ok])
-        return out, True
-    return Sample(img.copy(), boxes.copy(), sample.landmarks.copy(), sample.has_landmarks.copy(),
-                  sample.weights.copy()), False
+        if x1 >= 0 and y1 >= 0 and x2 <= w and y2 <= h:
+            crop = img[y1:y2, x1:x2].copy()
+        else:
+            crop = np.empty((side, side, 3), np.uint8)
+            crop[:] = np.array(fill, np.float64).round().astype(np.uint8)
+            sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+            crop[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = img[sy1:sy2, sx1:sx2]
+        idx = np.flatnonzero(keep)[ok]
+        return sample.with_geometry(crop, nb[ok], lm[ok], has[ok], keep=idx), True
+    return sample.with_geometry(img.copy(), boxes.copy(), sample.landmarks.copy()), False
 
 
 # --------------------------------------------------------------------------------------------- photometric
@@ -180,8 +205,7 @@ def photometric_distort(sample: Sample, rng: np.random.Generator, brightness: fl
     if not contrast_first:
         img = _contrast(img)
     out = np.round(img).astype(np.uint8)
-    return Sample(out, sample.boxes.copy(), sample.landmarks.copy(), sample.has_landmarks.copy(),
-                  sample.weights.copy())
+    return sample.with_geometry(out, sample.boxes.copy(), sample.landmarks.copy())
 
 
 # --------------------------------------------------------------------------------------------- geometry
@@ -192,8 +216,7 @@ def pad_to_square(sample: Sample, fill=MEAN_BGR) -> Sample:
     out = np.empty((side, side, 3), np.uint8)
     out[:] = np.array(fill, np.float64).round().astype(np.uint8)
     out[:h, :w] = sample.image
-    return Sample(out, sample.boxes.copy(), sample.landmarks.copy(), sample.has_landmarks.copy(),
-                  sample.weights.copy())
+    return sample.with_geometry(out, sample.boxes.copy(), sample.landmarks.copy())
 
 
 def mirror(sample: Sample) -> Sample:
@@ -205,14 +228,13 @@ def mirror(sample: Sample) -> Sample:
     pts = sample.landmarks.astype(np.float64).reshape(-1, 5, 2)[:, _MIRROR_ORDER].copy()
     pts[..., 0] = w - pts[..., 0]
     lm = _zero_missing(pts.reshape(-1, 10).astype(np.float32), sample.has_landmarks)
-    return Sample(img, nb, lm, sample.has_landmarks.copy(), sample.weights.copy())
+    return sample.with_geometry(img, nb, lm)
 
 
 def random_mirror(sample: Sample, rng: np.random.Generator, p: float = 0.5) -> Sample:
     if rng.random() < p:
         return mirror(sample)
-    return Sample(sample.image.copy(), sample.boxes.copy(), sample.landmarks.copy(),
-                  sample.has_landmarks.copy(), sample.weights.copy())
+    return sample.with_geometry(sample.image.copy(), sample.boxes.copy(), sample.landmarks.copy())
 
 
 def resize_square(sample: Sample, rng: np.random.Generator | None = None, size: int = 640,
@@ -227,16 +249,21 @@ def resize_square(sample: Sample, rng: np.random.Generator | None = None, size: 
     nb = (sample.boxes.astype(np.float64) * [sx, sy, sx, sy]).astype(np.float32)
     nb = np.clip(nb, 0, size)
     lm = (sample.landmarks.astype(np.float64) * np.tile([sx, sy], 5)).astype(np.float32)
-    return Sample(img, nb, _zero_missing(lm, sample.has_landmarks), sample.has_landmarks.copy(),
-                  sample.weights.copy())
+    return sample.with_geometry(img, nb, _zero_missing(lm, sample.has_landmarks))
 
 
-def filter_small(sample: Sample, min_face_size: float = 0.0) -> Sample:
-    """Keep faces with positive width and height and ``min(w, h) >= min_face_size`` pixels."""
+def filter_small(sample: Sample, min_face_size: float = 0.0, *, as_ignore: bool = False) -> Sample:
+    """Keep faces with positive width and height and ``min(w, h) >= min_face_size`` pixels. With ``as_ignore``
+    the faces below ``min_face_size`` (of positive size) are kept as ignore regions instead of being dropped."""
     b = sample.boxes
     bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    keep = (bw > 0) & (bh > 0) & (np.minimum(bw, bh) >= min_face_size)
-    return sample.select(keep)
+    positive_size = (bw > 0) & (bh > 0)
+    big = np.minimum(bw, bh) >= min_face_size
+    if not as_ignore:
+        return sample.select(positive_size & big)
+    out = sample.select(positive_size)
+    ignore = out.ignore | ~big[positive_size]
+    return Sample(out.image, out.boxes, out.landmarks, out.has_landmarks, out.weights, ignore)
 
 
 def to_network_input(image: np.ndarray, mean=MEAN_BGR) -> np.ndarray:
@@ -264,6 +291,7 @@ def mixup(sample_a: Sample, sample_b: Sample, rng: np.random.Generator, alpha: f
         np.concatenate([sample_a.landmarks, sample_b.landmarks]),
         np.concatenate([sample_a.has_landmarks, sample_b.has_landmarks]),
         np.concatenate([sample_a.weights * lam, sample_b.weights * (1.0 - lam)]),
+        np.concatenate([sample_a.ignore, sample_b.ignore]),
     )
     return out, lam
 
@@ -330,6 +358,7 @@ def cutmix(sample_a: Sample, sample_b: Sample, rng: np.random.Generator, beta: f
         lm,
         np.concatenate([has_a[keep_a], has_b[keep_b]]),
         np.concatenate([(sample_a.weights * vis_a)[keep_a], (sample_b.weights * vis_b)[keep_b]]),
+        np.concatenate([sample_a.ignore[keep_a], sample_b.ignore[keep_b]]),
     )
     return out, patch
 
@@ -355,6 +384,7 @@ class TrainTransform:
     mirror_prob: float = 0.5
     mean: tuple[float, float, float] = MEAN_BGR
     min_face_size: float = 0.0
+    small_faces_ignored: bool = False
     mixup_prob: float = 0.0
     mixup_alpha: float = 0.2
     cutmix_prob: float = 0.0
@@ -381,7 +411,7 @@ class TrainTransform:
         s = random_mirror(s, rng, self.mirror_prob)
         interp = self.interpolations[int(rng.integers(len(self.interpolations)))]
         s = resize_square(s, size=self.image_size, interpolation=interp)
-        return filter_small(s, self.min_face_size)
+        return filter_small(s, self.min_face_size, as_ignore=self.small_faces_ignored)
 
     def mix_mode(self, rng: np.random.Generator) -> str | None:
         """``"mixup"`` with probability ``mixup_prob``, ``"cutmix"`` with ``cutmix_prob``, else None."""
@@ -398,17 +428,23 @@ class TrainTransform:
         if mode == "mixup":
             return mixup(a, b, rng, self.mixup_alpha)[0]
         if mode == "cutmix":
-            return filter_small(cutmix(a, b, rng, self.cutmix_beta, self.cutmix_keep_ratio)[0], self.min_face_size)
+            return filter_small(cutmix(a, b, rng, self.cutmix_beta, self.cutmix_keep_ratio)[0], self.min_face_size,
+                                as_ignore=self.small_faces_ignored)
         raise ValueError(f"unknown mix mode {mode!r}")
 
     def finalize(self, sample: Sample) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Network input ``float32 [3, S, S]`` and the target dict: the faces (``boxes``, ``landmarks``,
+        ``has_landmarks``, ``weights``; normalised ``xyxy``) and the ignore regions (``ignore_boxes [I, 4]``)."""
         h, w = sample.image.shape[:2]
         scale = np.array([w, h, w, h], np.float32)
+        face = ~sample.ignore
         target = {
-            "boxes": (sample.boxes / scale).astype(np.float32),
-            "landmarks": _zero_missing(sample.landmarks / np.tile(scale[:2], 5), sample.has_landmarks).astype(np.float32),
-            "has_landmarks": sample.has_landmarks.copy(),
-            "weights": sample.weights.copy(),
+            "boxes": (sample.boxes[face] / scale).astype(np.float32),
+            "landmarks": _zero_missing(sample.landmarks[face] / np.tile(scale[:2], 5),
+                                       sample.has_landmarks[face]).astype(np.float32),
+            "has_landmarks": sample.has_landmarks[face].copy(),
+            "weights": sample.weights[face].copy(),
+            "ignore_boxes": (sample.boxes[sample.ignore] / scale).astype(np.float32).reshape(-1, 4),
         }
         return to_network_input(sample.image, self.mean), target
 

@@ -49,7 +49,10 @@ class FeatherFaceV1(nn.Module):
 
     def forward_with_features(self, x: Tensor) -> tuple[DetectionOutput, list[Tensor]]:
         """Outputs plus the three neck features fed to the heads (``[B, 64, H/s, W/s]``, s = 8, 16, 32)."""
-        feats = self.body(x)
+        return self.forward_from_backbone(self.body(x))
+
+    def forward_from_backbone(self, feats: list[Tensor]) -> tuple[DetectionOutput, list[Tensor]]:
+        """:meth:`forward_with_features` from the three backbone feature maps ``self.body(x)``."""
         feats = [F.relu(att(f) + f) for att, f in
                  zip((self.bacbkbone_0_cbam, self.bacbkbone_1_cbam, self.bacbkbone_2_cbam), feats)]
         feats = self.bifpn(feats)

@@ -151,7 +151,11 @@ class FeatherFaceV2(nn.Module):
 
     def forward_with_features(self, x: Tensor) -> tuple[DetectionOutput, list[Tensor]]:
         """Outputs plus the three features fed to the heads (``[B, feature_channels, H/s, W/s]``, s = 8, 16, 32)."""
-        feats = self.body(x)
+        return self.forward_from_backbone(self.body(x))
+
+    def forward_from_backbone(self, feats: list[Tensor]) -> tuple[DetectionOutput, list[Tensor]]:
+        """:meth:`forward_with_features` from the three backbone feature maps ``self.body(x)`` (a frozen backbone
+        shared with the teacher is computed once and fed here)."""
         feats = [self.backbone_cbam_manager(f, k) for f, k in zip(feats, self.backbone_levels)]
         feats = self.bifpn(feats)
         feats = [self.dropblock(self.bifpn_cbam_manager(f, k)) for f, k in zip(feats, self.neck_levels)]

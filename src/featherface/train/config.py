@@ -50,6 +50,11 @@ class DataConfig:
     ``batch_size`` is per process (with ``torchrun --nproc_per_node=K`` the global batch is ``K * batch_size``).
     ``max_images`` keeps the first N images of the label file (tiny runs, tests). ``mixup_prob`` / ``cutmix_prob``
     are the per-sample rates of the detection-aware MixUp / CutMix of :class:`featherface.data.TrainTransform`.
+    ``crop_scales``: the square-crop sides as fractions of the image's short side (upstream 0.3–1.0, drawn
+    uniformly from the list); values above 1 zoom out (pad with the mean colour, then resize). ``ignore_invalid``:
+    faces flagged invalid in the labels (bbx_gt flag or ``ignore`` tag) become ignore regions instead of being
+    dropped. ``small_faces_ignored``: faces under ``min_face_size`` output pixels become ignore regions instead
+    of being dropped. ``use_pseudo_landmarks``: use landmarks tagged ``pseudo`` (teacher-predicted).
     """
 
     train_labels: str = "../shared/data/widerface/train/label.txt"
@@ -64,6 +69,10 @@ class DataConfig:
     min_face_size: float = 0.0
     distort: bool = True
     drop_last: bool = False
+    crop_scales: tuple[float, ...] = (0.3, 0.45, 0.6, 0.8, 1.0)
+    ignore_invalid: bool = False
+    small_faces_ignored: bool = False
+    use_pseudo_landmarks: bool = True
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,8 @@ class DistillConfig:
     ``KD = KL_T + box_weight * box + landmark_weight * landmark`` (see :mod:`featherface.train.distill`).
     ``teacher_positive_threshold``: teacher face probability (at T = 1) from which an anchor is a teacher positive.
     ``init_backbone``: copy the teacher's ``body.*`` (MobileNet) weights into the student before training.
+    ``teacher_every``: run the teacher (its neck and heads, on the shared frozen backbone) on every k-th batch
+    only; the other batches train on the task loss alone, weighted ``1 - alpha`` as in the distilled batches.
     """
 
     teacher: str | None = None
@@ -116,6 +127,7 @@ class DistillConfig:
     teacher_positive_threshold: float = 0.5
     neg_pos_ratio: float = 7.0
     init_backbone: bool = True
+    teacher_every: int = 1
 
 
 @dataclass(frozen=True)
@@ -150,7 +162,12 @@ class TrainConfig:
     measures it). ``compile``: ``torch.compile`` the student's forward for training (TorchInductor fuses
     BatchNorm, activations and the other element-wise work; the first steps compile for minutes on a small CPU and
     need a C++ compiler; takes precedence over ``fused_bn``; ``--compare-compile`` measures it). ``log_every``: iterations between
-    ``"kind": "step"`` lines in ``metrics.jsonl`` (0: epoch lines only)."""
+    ``"kind": "step"`` lines in ``metrics.jsonl`` (0: epoch lines only).
+    ``freeze_backbone``: the model's MobileNet backbone (``body``), initialised from the teacher (or
+    ``init_backbone``), stays frozen: eval mode (BN statistics fixed), no gradients, not in the optimizer. With a
+    teacher its features are computed once per batch and feed both the student's and the teacher's necks.
+    ``checkpoint_every``: also write ``last.pth`` every N iterations inside an epoch (0: at epoch ends only); a
+    resume from such a checkpoint continues the epoch at the next batch, exactly."""
 
     model: str = "featherface_v2"
     name: str = "run"
@@ -165,6 +182,8 @@ class TrainConfig:
     fused_bn: bool = True
     compile: bool = False
     log_every: int = 0
+    freeze_backbone: bool = False
+    checkpoint_every: int = 0
     model_config: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -185,6 +204,12 @@ class TrainConfig:
             raise FeatherFaceError(f"distill.alpha must be in [0, 1], got {self.distill.alpha}")
         if self.distill.temperature <= 0:
             raise FeatherFaceError(f"distill.temperature must be > 0, got {self.distill.temperature}")
+        if self.distill.teacher_every < 1:
+            raise FeatherFaceError(f"distill.teacher_every must be >= 1, got {self.distill.teacher_every}")
+        if not self.data.crop_scales or any(float(c) <= 0 for c in self.data.crop_scales):
+            raise FeatherFaceError(f"data.crop_scales must be positive numbers, got {self.data.crop_scales}")
+        if self.checkpoint_every < 0:
+            raise FeatherFaceError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
 
     @property
     def run_dir(self) -> Path:

@@ -54,10 +54,16 @@ def prepare_teacher(teacher: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def teacher_forward(teacher: nn.Module, images: Tensor) -> tuple[DetectionOutput, list[Tensor]]:
-    """Teacher outputs and neck features on ``images`` (the very tensor the student sees), without autograd."""
+def teacher_forward(teacher: nn.Module, images: Tensor,
+                    backbone_features: Sequence[Tensor] | None = None) -> tuple[DetectionOutput, list[Tensor]]:
+    """Teacher outputs and neck features on ``images`` (the very tensor the student sees), without autograd.
+
+    ``backbone_features``: the backbone maps of ``images`` computed once by a backbone the teacher shares with the
+    student (frozen); the teacher then runs only its neck and heads on them."""
     if teacher.training:
         teacher.eval()
+    if backbone_features is not None:
+        return teacher.forward_from_backbone(list(backbone_features))
     return teacher.forward_with_features(images)
 
 
@@ -83,16 +89,17 @@ def init_backbone_from(model: nn.Module, source: Mapping[str, Tensor] | nn.Modul
 
 
 def informative_anchors(student_logits: Tensor, teacher_logits: Tensor, gt_positive: Tensor, *,
-                        teacher_positive_threshold: float = 0.5,
-                        neg_pos_ratio: float = 7.0) -> tuple[Tensor, Tensor, Tensor]:
-    """``(positive, negative, teacher_positive)`` ``BoolTensor[B, A]`` masks (module docstring)."""
+                        teacher_positive_threshold: float = 0.5, neg_pos_ratio: float = 7.0,
+                        ignore: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(positive, negative, teacher_positive)`` ``BoolTensor[B, A]`` masks (module docstring); anchors in
+    ``ignore`` (ignore regions) are never mined as negatives."""
     with torch.no_grad():
         t_face = torch.softmax(teacher_logits.detach().float(), dim=-1)[..., 1]
         teacher_pos = t_face >= teacher_positive_threshold
         pos = gt_positive | teacher_pos
         ce = F.cross_entropy(student_logits.detach().float().flatten(0, 1), pos.long().flatten(),
                              reduction="none").view(pos.shape)
-        neg = mine_negatives(ce, pos, neg_pos_ratio)
+        neg = mine_negatives(ce, pos, neg_pos_ratio, ignore)
     return pos, neg, teacher_pos
 
 
@@ -146,10 +153,12 @@ class DistillationLoss(nn.Module):
         return torch.stack(losses).mean()
 
     def forward(self, student: DetectionOutput, student_feats: Sequence[Tensor], teacher: DetectionOutput,
-                teacher_feats: Sequence[Tensor], gt_positive: Tensor) -> dict[str, Tensor]:
+                teacher_feats: Sequence[Tensor], gt_positive: Tensor,
+                ignore: Tensor | None = None) -> dict[str, Tensor]:
         """Returns ``{"kd", "kd_cls", "kd_box", "kd_landmark", "feature", "kd_anchors"}`` (scalars).
 
-        ``gt_positive``: ``BoolTensor[B, A]`` from ``DetectionLoss.assign(...).positive``."""
+        ``gt_positive`` / ``ignore``: ``BoolTensor[B, A]`` from ``DetectionLoss.assign(...)`` (``.positive``,
+        ``.ignore``); ignored anchors are never KD negatives."""
         for name in ("boxes", "logits", "landmarks"):
             s, t = getattr(student, name), getattr(teacher, name)
             if s.shape != t.shape:
@@ -157,6 +166,7 @@ class DistillationLoss(nn.Module):
         pos, neg, t_pos = informative_anchors(
             student.logits, teacher.logits, gt_positive,
             teacher_positive_threshold=self.teacher_positive_threshold, neg_pos_ratio=self.neg_pos_ratio,
+            ignore=ignore,
         )
         mask = pos | neg
         kd_cls = self.kl(student.logits, teacher.logits, mask)

@@ -5,14 +5,15 @@ Per batch, with ``N = max(#positive anchors in the batch, 1)``:
 * box: smooth-L1 (beta 1) summed over positive anchors, / ``N``;
 * landmark: smooth-L1 summed over positive anchors whose face has landmarks, / ``max(#those, 1)``;
 * classification: cross-entropy summed over positives and mined negatives, / ``N``. Hard negative mining is per
-  image: the non-positive anchors with the largest cross-entropy, ``min(neg_pos_ratio * num_pos, A - 1)`` of them
-  (never more than there are non-positives); an image without positives contributes no negatives;
+  image: the background anchors (neither positive nor ignored) with the largest cross-entropy,
+  ``min(neg_pos_ratio * num_pos, A - 1)`` of them (never more than there are); an image without positives
+  contributes no negatives. Ignored anchors (ignore regions, see :mod:`featherface.train.matching`) get no loss;
 * total: ``box_weight * box + cls + landmark``.
 
 Targets are dicts with ``"boxes"`` ``FloatTensor[G, 4]`` (``xyxy`` normalised to ``[0, 1]`` by the input
 width/height), ``"landmarks"`` ``FloatTensor[G, 10]`` (normalised the same way) and ``"has_landmarks"``
 ``BoolTensor[G]``. ``"landmarks"`` may be omitted (no face has landmarks); ``"has_landmarks"`` defaults to all true
-when ``"landmarks"`` is given.
+when ``"landmarks"`` is given. ``"ignore_boxes"`` ``FloatTensor[I, 4]`` (optional) are ignore regions.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Assignment(NamedTuple):
         box_targets: ``Tensor[B, A, 4]`` encoded boxes (zeros where the image has no face).
         landmark_targets: ``Tensor[B, A, 10]`` encoded landmarks (zeros where unavailable).
         landmark_positive: ``BoolTensor[B, A]`` positive anchors whose face has landmarks.
+        ignore: ``BoolTensor[B, A]`` anchors that are neither faces nor background (no loss, never negatives).
     """
 
     positive: Tensor
@@ -45,6 +47,7 @@ class Assignment(NamedTuple):
     box_targets: Tensor
     landmark_targets: Tensor
     landmark_positive: Tensor
+    ignore: Tensor
 
 
 def _target_tensors(target: Mapping[str, Tensor], index: int, device, dtype) -> tuple[Tensor, Tensor, Tensor]:
@@ -97,13 +100,18 @@ def assign_targets(
     dtype = torch.float64 if anchors.dtype == torch.float64 else torch.float32
     anchors = anchors.to(dtype)
     num_a = anchors.shape[0]
-    positive, matched, box_t, lm_t, lm_pos = [], [], [], [], []
+    positive, matched, box_t, lm_t, lm_pos, ignore = [], [], [], [], [], []
     for index, target in enumerate(targets):
         boxes, landmarks, has = _target_tensors(target, index, device, dtype)
+        ignore_boxes = target.get("ignore_boxes")
+        if ignore_boxes is not None:
+            ignore_boxes = torch.as_tensor(ignore_boxes).to(device=device, dtype=dtype).reshape(-1, 4)
         match = match_anchors(
-            boxes, anchors, positive_iou=positive_iou, force_match_min_iou=force_match_min_iou
+            boxes, anchors, positive_iou=positive_iou, force_match_min_iou=force_match_min_iou,
+            ignore_boxes=ignore_boxes,
         )
         positive.append(match.positive)
+        ignore.append(match.ignore)
         matched.append(match.matched_gt)
         if boxes.shape[0] == 0:
             box_t.append(torch.zeros(num_a, 4, device=device, dtype=dtype))
@@ -123,6 +131,7 @@ def assign_targets(
             torch.zeros(0, num_a, 4, device=device, dtype=dtype),
             torch.zeros(0, num_a, 10, device=device, dtype=dtype),
             empty_b.clone(),
+            empty_b.clone(),
         )
     return Assignment(
         positive=torch.stack(positive),
@@ -130,21 +139,24 @@ def assign_targets(
         box_targets=torch.stack(box_t),
         landmark_targets=torch.stack(lm_t),
         landmark_positive=torch.stack(lm_pos),
+        ignore=torch.stack(ignore),
     )
 
 
-def mine_negatives(per_anchor_loss: Tensor, positive: Tensor, neg_pos_ratio: float = 7) -> Tensor:
+def mine_negatives(per_anchor_loss: Tensor, positive: Tensor, neg_pos_ratio: float = 7,
+                   ignore: Tensor | None = None) -> Tensor:
     """Hard negative mining per image.
 
     Args:
         per_anchor_loss: ``Tensor[B, A]`` classification loss of each anchor (treated as constant).
         positive: ``BoolTensor[B, A]``.
         neg_pos_ratio: negatives per positive.
+        ignore: ``BoolTensor[B, A]`` anchors that may never be negatives (ignore regions); None: none.
 
     Returns:
-        ``BoolTensor[B, A]``: in each image the ``min(neg_pos_ratio * num_pos, A - 1)`` non-positive anchors with the
-        largest loss (fewer if there are not that many non-positives; none if the image has no positive). Equal
-        losses are ranked by anchor index (stable sort).
+        ``BoolTensor[B, A]``: in each image the ``min(neg_pos_ratio * num_pos, A - 1)`` background anchors (neither
+        positive nor ignored) with the largest loss (fewer if there are not that many; none if the image has no
+        positive). Equal losses are ranked by anchor index (stable sort).
     """
     if per_anchor_loss.shape != positive.shape or per_anchor_loss.ndim != 2:
         raise ValueError(
@@ -154,13 +166,14 @@ def mine_negatives(per_anchor_loss: Tensor, positive: Tensor, neg_pos_ratio: flo
     b, a = positive.shape
     if a == 0 or b == 0:
         return torch.zeros_like(positive)
-    loss = per_anchor_loss.detach().float().masked_fill(positive, float("-inf"))
+    excluded = positive if ignore is None else positive | ignore
+    loss = per_anchor_loss.detach().float().masked_fill(excluded, float("-inf"))
     num_pos = positive.sum(dim=1, keepdim=True)
     num_neg = torch.clamp(torch.floor(num_pos * float(neg_pos_ratio)).long(), max=a - 1)
     order = torch.sort(loss, dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(a, device=order.device).expand(b, a))
-    return (rank < num_neg) & ~positive
+    return (rank < num_neg) & ~excluded
 
 
 class DetectionLoss(nn.Module):
@@ -206,11 +219,12 @@ class DetectionLoss(nn.Module):
             variances=self.variances,
         )
 
-    def negatives(self, logits: Tensor, positive: Tensor) -> Tensor:
-        """Mined negative mask ``BoolTensor[B, A]`` for ``logits: Tensor[B, A, 2]`` and ``positive: [B, A]``."""
+    def negatives(self, logits: Tensor, positive: Tensor, ignore: Tensor | None = None) -> Tensor:
+        """Mined negative mask ``BoolTensor[B, A]`` for ``logits: Tensor[B, A, 2]``, ``positive: [B, A]`` and the
+        optional ``ignore: [B, A]`` anchors that may not be negatives."""
         with torch.no_grad():
             ce = F.cross_entropy(logits.detach().float().flatten(0, 1), positive.long().flatten(), reduction="none")
-        return mine_negatives(ce.view(positive.shape), positive, self.neg_pos_ratio)
+        return mine_negatives(ce.view(positive.shape), positive, self.neg_pos_ratio, ignore)
 
     def forward(
         self,
@@ -258,7 +272,7 @@ class DetectionLoss(nn.Module):
             / n_lm
         )
         ce = F.cross_entropy(logits.float().flatten(0, 1), pos.long().flatten(), reduction="none").view(b, a)
-        neg = mine_negatives(ce.detach(), pos, self.neg_pos_ratio)
+        neg = mine_negatives(ce.detach(), pos, self.neg_pos_ratio, assignment.ignore)
         cls_loss = ce[pos | neg].sum() / n
         total = self.box_weight * box_loss + cls_loss + landmark_loss
         return {

@@ -18,19 +18,23 @@ __all__ = ["recompute_bn_stats"]
 
 @torch.no_grad()
 def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], max_batches: int | None = None) -> int:
-    """Reset every BatchNorm's running mean/var and re-estimate them as the average over ``batches``.
+    """Reset the running mean/var of every *trainable* BatchNorm and re-estimate them as the average over
+    ``batches``.
 
     ``batches`` yields image tensors ``[B, 3, H, W]`` on the model's device. Returns the number of batches used; the
     model is left in eval mode. Other layers (DropBlock, ...) run in train mode during the passes, as in training.
+    BatchNorms that stay in eval mode under ``model.train()`` (a frozen backbone,
+    :func:`featherface.train.freeze.freeze_module`) are neither reset nor updated.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
     if not bns:
+        model.eval()
         return 0
     saved = [(bn.momentum, bn.track_running_stats) for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average = exact mean over the batches seen
-    model.train()
     used = 0
     try:
         for images in batches:

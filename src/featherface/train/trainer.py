@@ -51,6 +51,7 @@ from featherface.models.fused_norm import fuse_batchnorm_activation
 from featherface.models.registry import build_model
 from featherface.train.config import TrainConfig, config_from_dict, config_to_dict
 from featherface.train.distill import DistillationLoss, combine, init_backbone_from, prepare_teacher, teacher_forward
+from featherface.train.freeze import freeze_module
 from featherface.train.loss import DetectionLoss
 from featherface.train.schedule import build_scheduler
 
@@ -117,19 +118,27 @@ class TrainStep(nn.Module):
         self.alpha = float(alpha)
         self.feature_weight = float(feature_weight)
 
-    def forward(self, images: Tensor, targets: list[dict[str, Tensor]], anchors: Tensor,
-                teacher_outputs: tuple[Any, list[Tensor]] | None = None) -> dict[str, Tensor]:
-        forward = self._compiled_forward or self.model.forward_with_features
-        out, feats = forward(images)
+    def forward(self, images: Tensor | None, targets: list[dict[str, Tensor]], anchors: Tensor,
+                teacher_outputs: tuple[Any, list[Tensor]] | None = None,
+                backbone_features: list[Tensor] | None = None) -> dict[str, Tensor]:
+        """``backbone_features``: the (frozen, shared) backbone's maps of ``images``; when given, the student runs
+        from them (``forward_from_backbone``) and ``images`` is not used."""
+        if backbone_features is not None:
+            out, feats = self.model.forward_from_backbone(backbone_features)
+        else:
+            forward = self._compiled_forward or self.model.forward_with_features
+            out, feats = forward(images)
         assignment = self.criterion.assign(anchors, targets)
         task = self.criterion(out.boxes, out.logits, out.landmarks, anchors, targets, assignment=assignment)
         parts = {"task": task["total"], "box": task["box"], "cls": task["cls"], "landmark": task["landmark"],
                  "num_positives": task["num_positives"]}
         if self.distill is not None and teacher_outputs is not None:
             t_out, t_feats = teacher_outputs
-            d = self.distill(out, feats, t_out, t_feats, assignment.positive)
+            d = self.distill(out, feats, t_out, t_feats, assignment.positive, assignment.ignore)
             parts.update({k: d[k] for k in ("kd", "kd_cls", "kd_box", "kd_landmark", "feature")})
             parts["total"] = combine(task["total"], d, alpha=self.alpha, feature_weight=self.feature_weight)
+        elif self.distill is not None:  # a batch without the teacher (distill.teacher_every > 1)
+            parts["total"] = (1.0 - self.alpha) * task["total"]
         else:
             parts["total"] = task["total"]
         return parts
@@ -289,8 +298,21 @@ class Trainer:
             _check_compiler(cfg.device)
         self.memory_format = prepare_student(self.model, fused_bn=cfg.fused_bn, compile_model=cfg.compile,
                                              channels_last=cfg.channels_last, device=self.device)
+        self.frozen_backbone = bool(cfg.freeze_backbone)
+        if self.frozen_backbone:
+            if resume is None and self.backbone_source is None:
+                raise FeatherFaceError("freeze_backbone = true needs a trained backbone: a teacher (distill.teacher "
+                                       "with init_backbone), init_backbone or init_weights")
+            # after prepare_student: fusing BN + activation builds new BN modules, which must be frozen too
+            freeze_module(self.model.body)
+            if self.teacher is not None and resume is None:
+                t_body = self.teacher.body.state_dict()
+                differ = [k for k, v in self.model.body.state_dict().items() if not torch.equal(v, t_body[k])]
+                if differ:
+                    raise FeatherFaceError(f"freeze_backbone with a teacher shares one backbone, but the student's "
+                                           f"differs from the teacher's in {len(differ)} tensors ({differ[0]}, ...)")
 
-        self.criterion = DetectionLoss()
+        self.criterion = DetectionLoss(variances=tuple(self.model.config.variances))
         self.distill = None
         if self.teacher is not None:
             d = cfg.distill
@@ -305,8 +327,8 @@ class Trainer:
 
         # data
         self.dataset, self.base_dataset = self._dataset()
-        self.sampler = DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
-                                          seed=cfg.seed, drop_last=False)
+        self.sampler = _ResumableSampler(self.dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                         seed=cfg.seed, drop_last=False)
         self.loader = DataLoader(
             self.dataset, batch_size=cfg.data.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
             collate_fn=_collate(), drop_last=cfg.data.drop_last, pin_memory=self.device.type == "cuda",
@@ -328,6 +350,7 @@ class Trainer:
                                          epochs=cfg.epochs)
         self.start_epoch = 0
         self.global_step = 0
+        self._partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's epoch progress, consumed on resume
         self.records: list[dict[str, Any]] = []
         self.best: float | None = None
         self.run_dir = cfg.run_dir
@@ -366,10 +389,13 @@ class Trainer:
         from featherface.data.transforms import TrainTransform
 
         d = self.cfg.data
-        transform = TrainTransform(image_size=d.image_size, distort=d.distort, min_face_size=d.min_face_size,
-                                   mixup_prob=d.mixup_prob, mixup_alpha=d.mixup_alpha, cutmix_prob=d.cutmix_prob)
+        transform = TrainTransform(image_size=d.image_size, crop_scales=tuple(float(c) for c in d.crop_scales),
+                                   distort=d.distort, min_face_size=d.min_face_size,
+                                   small_faces_ignored=d.small_faces_ignored, mixup_prob=d.mixup_prob,
+                                   mixup_alpha=d.mixup_alpha, cutmix_prob=d.cutmix_prob)
         base = WiderFaceDataset(d.train_labels, d.train_images, transform=transform, seed=self.cfg.seed,
-                                verbose=self.is_main)
+                                verbose=self.is_main, drop_invalid=not d.ignore_invalid,
+                                use_pseudo_landmarks=d.use_pseudo_landmarks)
         ds = base if d.max_images is None or d.max_images >= len(base) else Subset(base, range(int(d.max_images)))
         return ds, base
 
@@ -390,14 +416,17 @@ class Trainer:
         self.records = list(extra.get("metrics", []))
         self.best = extra.get("best_metric")
         set_rng_state(extra["rng"])
+        self._partial = extra.get("partial_epoch")
         saved_epochs = extra.get("config", {}).get("epochs")
-        if self.is_main and saved_epochs is not None and saved_epochs != self.cfg.epochs:
-            print(f"warning: the run was planned for {saved_epochs} epochs and now has {self.cfg.epochs}: the LR "
-                  "schedule is rebuilt for the new length from the current step (not an exact continuation)",
-                  file=sys.stderr)
+        if saved_epochs is not None and saved_epochs != self.cfg.epochs:
+            raise FeatherFaceError(f"{path}: the run was planned for {saved_epochs} epochs; a resumed run keeps "
+                                   f"its schedule (asked for {self.cfg.epochs}). Start a new run for a new length.")
         if self.is_main:
             self._truncate_metrics(self.start_epoch)
-            print(f"resumed from {path}: {self.start_epoch} epochs done, step {self.global_step}", file=sys.stderr)
+            where = (f", {self._partial['steps_done']} of {self.steps_per_epoch} iterations of epoch "
+                     f"{self.start_epoch + 1}" if self._partial else "")
+            print(f"resumed from {path}: {self.start_epoch} epochs done{where}, step {self.global_step}",
+                  file=sys.stderr)
 
     def _truncate_metrics(self, epochs_done: int) -> None:
         path = self.run_dir / "metrics.jsonl"
@@ -409,7 +438,8 @@ class Trainer:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if rec.get("epoch", 0) <= epochs_done:
+            if rec.get("epoch", 0) <= epochs_done or (rec.get("kind") == "step"
+                                                        and rec.get("step", 0) <= self.global_step):
                 keep.append(line)
         path.write_text("".join(k + "\n" for k in keep))
 
@@ -421,7 +451,9 @@ class Trainer:
         with (self.run_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(record, default=float) + "\n")
 
-    def training_state(self, epochs_done: int) -> dict[str, Any]:
+    def training_state(self, epochs_done: int, partial_epoch: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``extra`` of a training checkpoint after ``epochs_done`` whole epochs (plus ``partial_epoch``: the
+        progress inside the next one, for a mid-epoch checkpoint)."""
         return {
             "kind": "training_state",
             "epoch": epochs_done,
@@ -436,10 +468,11 @@ class Trainer:
             "best_metric": self.best,
             "world_size": self.world,
             "backbone_init": self.backbone_source,
+            "partial_epoch": partial_epoch,
         }
 
-    def save(self, path: Path, epochs_done: int) -> None:
-        atomic_save(model_to_checkpoint(self.model, extra=self.training_state(epochs_done)), path)
+    def save(self, path: Path, epochs_done: int, partial_epoch: dict[str, Any] | None = None) -> None:
+        atomic_save(model_to_checkpoint(self.model, extra=self.training_state(epochs_done, partial_epoch)), path)
 
     # -------------------------------------------------------------------------------------------- eval
     def evaluate(self) -> dict[str, float]:
@@ -478,6 +511,9 @@ class Trainer:
         cfg = self.cfg
         self.base_dataset.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
+        partial, self._partial = self._partial, None
+        steps_done = int(partial["steps_done"]) if partial else 0
+        self.sampler.skip = steps_done * cfg.data.batch_size
         self.model.train()
         if self.distill is not None:
             self.distill.train()
@@ -485,11 +521,18 @@ class Trainer:
         avg = _Averager()
         n_images = 0
         t_wait = 0.0
+        elapsed_before = 0.0
+        if partial:
+            avg.sums, avg.n = dict(partial["loss_sums"]), int(partial["loss_count"])
+            n_images, t_wait, elapsed_before = int(partial["images"]), float(partial["wait_s"]), float(partial["elapsed_s"])
         t0 = time.perf_counter()
         it = iter(self.loader)
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
+        if partial:  # creating the iterator drew from the global RNG: continue from the checkpoint's state exactly
+            set_rng_state(partial["rng"])
+        bar = tqdm(total=self.steps_per_epoch, initial=steps_done, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
                    disable=not self.progress, dynamic_ncols=True, leave=True)
-        for _ in range(self.steps_per_epoch):
+        k = cfg.distill.teacher_every
+        for step_in_epoch in range(steps_done, self.steps_per_epoch):
             tw = time.perf_counter()
             try:
                 images, targets = next(it)
@@ -497,13 +540,19 @@ class Trainer:
                 break
             t_wait += time.perf_counter() - tw
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
-            teacher_out = teacher_forward(self.teacher, images) if self.teacher is not None else None
-            parts = module(images, targets, self.anchors, teacher_out)
+            targets = [{k_: v.to(self.device) for k_, v in t.items()} for t in targets]
+            backbone = None
+            if self.frozen_backbone:
+                with torch.no_grad():
+                    backbone = self.model.body(images)
+            teacher_out = None
+            if self.teacher is not None and self.global_step % k == 0:
+                teacher_out = teacher_forward(self.teacher, images, backbone_features=backbone)
+            parts = module(images, targets, self.anchors, teacher_out, backbone)
             loss = parts["total"]
             if not torch.isfinite(loss):
                 raise FeatherFaceError(f"non-finite loss {float(loss)} at epoch {epoch + 1}, step {self.global_step} "
-                                       f"(parts: { {k: float(v) for k, v in parts.items()} })")
+                                       f"(parts: { {k_: float(v) for k_, v in parts.items()} })")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip is not None:
@@ -511,28 +560,35 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.global_step += 1
-            values = {k: float(v.detach()) for k, v in parts.items() if k in _LOSS_KEYS}
+            values = {k_: float(v.detach()) for k_, v in parts.items() if k_ in _LOSS_KEYS}
             values["num_positives"] = float(parts["num_positives"])
             avg.add(values)
             n_images += images.shape[0] * self.world
-            elapsed = time.perf_counter() - t0
+            elapsed = elapsed_before + time.perf_counter() - t0
             if self.progress:
                 short = {"loss": values["total"], "box": values["box"], "cls": values["cls"],
                          "lm": values["landmark"]}
                 if "kd" in values:
                     short.update(kd=values["kd"], feat=values["feature"])
-                bar.set_postfix({k: f"{v:.3f}" for k, v in short.items()} | {"img/s": f"{n_images / elapsed:.1f}"})
+                bar.set_postfix({k_: f"{v:.3f}" for k_, v in short.items()} | {"img/s": f"{n_images / elapsed:.1f}"})
                 bar.update(1)
             if cfg.log_every and self.global_step % cfg.log_every == 0:
                 self._log({"kind": "step", "epoch": epoch + 1, "step": self.global_step,
-                           "lr": self.optimizer.param_groups[0]["lr"], **{f"loss_{k}": v for k, v in values.items()}})
+                           "lr": self.optimizer.param_groups[0]["lr"], **{f"loss_{k_}": v for k_, v in values.items()}})
+            done_in_epoch = step_in_epoch + 1
+            if (cfg.checkpoint_every and done_in_epoch % cfg.checkpoint_every == 0
+                    and done_in_epoch < self.steps_per_epoch and self.is_main):
+                self.save(self.run_dir / "last.pth", epoch, partial_epoch={
+                    "steps_done": done_in_epoch, "loss_sums": dict(avg.sums), "loss_count": avg.n,
+                    "images": n_images, "wait_s": t_wait, "elapsed_s": elapsed, "rng": rng_state()})
         bar.close()
-        elapsed = time.perf_counter() - t0
+        self.sampler.skip = 0
+        elapsed = elapsed_before + time.perf_counter() - t0
         means = avg.means()
         return {
             "kind": "epoch", "epoch": epoch + 1, "step": self.global_step,
             "lr": self.optimizer.param_groups[0]["lr"],
-            **{f"loss_{k}": v for k, v in means.items() if k != "num_positives"},
+            **{f"loss_{k_}": v for k_, v in means.items() if k_ != "num_positives"},
             "positives_per_batch": means.get("num_positives", 0.0),
             "images": n_images, "epoch_s": elapsed, "images_per_s": n_images / max(elapsed, 1e-9),
             "data_wait_share": t_wait / max(elapsed, 1e-9),
@@ -601,6 +657,20 @@ class Trainer:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+class _ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that can start an epoch after its first ``skip`` indices (a mid-epoch resume): the
+    order is the one of the whole epoch, so the remaining batches are exactly those a straight run would see."""
+
+    skip: int = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.skip:])
+
+    def __len__(self) -> int:
+        return max(super().__len__() - self.skip, 0)
 
 
 def _collate():
