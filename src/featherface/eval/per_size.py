@@ -36,6 +36,7 @@ from featherface.eval.widerface import (
     load_ground_truth,
     read_predictions,
 )
+from featherface.fsutil import atomic_write
 
 __all__ = ["DEFAULT_SIZE_BINS", "SIZE_MEASURES", "SizeRecall", "size_recall", "face_sizes", "save_size_recall_plot"]
 
@@ -289,12 +290,8 @@ def save_size_recall_plot(sr: SizeRecall, path: str | os.PathLike, title: str = 
     ax.legend(loc="upper center", ncol=2, frameon=False)
     ax.set_title(title or f"Recall per face size, {sr.setting.capitalize()} faces", fontsize=9)
     fig.tight_layout()
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, p)
+        atomic_write(p, lambda fh: fig.savefig(fh, format="png"))
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return p

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from featherface import __version__
 from featherface.errors import FeatherFaceError
+from featherface.fsutil import atomic_path
 
 __all__ = ["DEFAULT_OPSET", "export_onnx", "export_friendly", "onnx_metadata", "check_parity", "RAW_OUTPUTS"]
 
@@ -150,9 +151,8 @@ def _set_metadata(path: Path, meta: dict[str, str]) -> None:
         entry.key, entry.value = k, v
     proto.doc_string = "FeatherFace face detector exported by featherface " + __version__
     onnx.checker.check_model(proto)
-    tmp = path.with_name("." + path.name + ".tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def export_onnx(
@@ -207,11 +207,13 @@ def export_onnx(
         dynamic_axes = {"input": {0: "batch", 2: "height", 3: "width"},
                         **{k: {0: "batch", 1: "anchors"} for k in output_names}}
     wrapper.eval()
-    with export_friendly(), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python control flow are expected
-        torch.onnx.export(wrapper, args, str(path), dynamo=False, opset_version=int(opset), input_names=input_names,
-                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
-    _set_metadata(path, onnx_metadata(model, post_meta))
+    with atomic_path(path) as tmp:  # a failed or killed export never leaves a half-written file at ``path``
+        with export_friendly(), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python control flow are expected
+            torch.onnx.export(wrapper, args, str(tmp), dynamo=False, opset_version=int(opset),
+                              input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                              do_constant_folding=True)
+        _set_metadata(tmp, onnx_metadata(model, post_meta))
     if check and not with_postprocess:
         err = check_parity(model, path, sizes=[example_size])
         if err >= 1e-4:
