@@ -99,7 +99,7 @@ def test_bad_files(tmp_path):
         load_image(tmp_path / "notes.jpg")
     data = ASSET.read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="truncated JPEG"):
+    with pytest.raises(InputError, match="truncated or corrupt JPEG"):
         load_image(tmp_path / "cut.jpg")
 
 

@@ -1,12 +1,13 @@
 """``FaceDetector``: image in, faces out.
 
-Data flow: image → :func:`featherface.imageio.load_image` (uint8 BGR) → resize policy → BGR − (104, 117, 123), CHW →
+Data flow: image → :func:`featherface.imageio.decode_image` (uint8 BGR, upright by EXIF) → resize policy → BGR − (104, 117, 123), CHW →
 model (raw boxes / logits / landmarks) → decode against the anchors (variances 0.1 / 0.2) → score threshold →
 greedy NMS ("+1" pixel convention, as upstream) → :class:`Face` objects in original-image pixels.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -19,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from featherface.errors import FeatherFaceError
+from featherface.errors import FeatherFaceError, InputError
 from featherface.geometry.anchors import make_anchors
 from featherface.geometry.boxes import decode_boxes, decode_landmarks
 from featherface.geometry.nms import nms_np
-from featherface.imageio import load_image
+from featherface.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 
 __all__ = ["LANDMARK_NAMES", "MEAN_BGR", "Face", "ResizePolicy", "FaceDetector", "preprocess"]
 
@@ -44,6 +45,12 @@ class Face:
     box: tuple[float, float, float, float]
     score: float
     landmarks: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def scaled(self, fx: float, fy: float) -> "Face":
+        """The same face with x coordinates multiplied by ``fx`` and y by ``fy`` (e.g. to draw on a resized copy)."""
+        x1, y1, x2, y2 = self.box
+        return Face((x1 * fx, y1 * fy, x2 * fx, y2 * fy), self.score,
+                    {k: (x * fx, y * fy) for k, (x, y) in self.landmarks.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return {"box": [round(v, 2) for v in self.box], "score": round(self.score, 5),
@@ -151,20 +158,39 @@ class FaceDetector:
             session's ``intra_op_num_threads`` (``None``: 1).
         backend: ``"torch"`` (default) or ``"onnxruntime"``: ``model`` is then a raw-output ``.onnx`` file from
             ``featherface export`` (no ``--with-postprocess``); decoding and NMS are the same Python code.
+        max_pixels: image files (and PIL images) whose decode would exceed this many pixels are refused with an
+            :class:`~featherface.errors.InputError` before decoding (default 100 MP; ``None``: no limit). Large
+            JPEGs that the resize policy shrinks anyway are decoded at 1/2, 1/4 or 1/8 (results stay in original
+            pixels), so they cost far less.
     """
 
     def __init__(self, model: "str | os.PathLike | nn.Module | None" = None, *, device: str | torch.device = "cpu",
                  score_threshold: float = 0.5, nms_threshold: float = 0.4, resize: Any = None,
                  max_side: int | None = 2560, top_k: int | None = 5000, keep_top_k: int | None = 750,
-                 num_threads: int | None = None, backend: str = "torch") -> None:
+                 num_threads: int | None = None, backend: str = "torch",
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise FeatherFaceError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if not 0.0 < nms_threshold <= 1.0:
             raise FeatherFaceError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
+        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Real)
+                                       or not max_pixels > 0):
+            raise FeatherFaceError(f"max_pixels must be a positive number or None, got {max_pixels!r}")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral)
+                                        or num_threads < 1):
+            raise FeatherFaceError(f"num_threads must be an integer >= 1, got {num_threads!r}")
         if backend not in ("torch", "onnxruntime"):
             raise FeatherFaceError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         self.backend = backend
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise FeatherFaceError(f"unknown device {device!r} (use cpu, cuda, cuda:N or mps)") from None
+        from featherface.cliargs import check_device
+
+        problem = check_device(str(self.device))
+        if problem:
+            raise FeatherFaceError(problem)
         if backend == "onnxruntime":
             if not isinstance(model, (str, os.PathLike)) or Path(model).suffix.lower() != ".onnx":
                 raise FeatherFaceError(f"backend='onnxruntime' needs a path to an .onnx file, got {model!r}")
@@ -184,6 +210,7 @@ class FaceDetector:
         self.resize = ResizePolicy.parse(resize, max_side)
         self.top_k = top_k
         self.keep_top_k = keep_top_k
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
 
     @property
     def model_name(self) -> str:
@@ -239,19 +266,53 @@ class FaceDetector:
         return boxes[keep], scores[keep], lms[keep]
 
     # ---------------------------------------------------------------------------------------------- high level
-    def detect(self, image: Any, *, rgb: bool = False) -> list[Face] | list[list[Face]]:
-        """Faces in ``image`` (path, numpy array — BGR unless ``rgb=True`` — or PIL image).
+    def detect(self, image: Any, *, rgb: bool = False, value_scale: float | None = None,
+               return_exceptions: bool = False) -> list[Face] | list[list[Face]] | list[list[Face] | Exception]:
+        """Faces in ``image`` (path, numpy array — BGR unless ``rgb=True`` — or PIL image), in its upright pixels.
 
-        A list or tuple of images (sizes may differ) returns one list of faces per image.
+        Files and PIL images are turned upright by their EXIF orientation first. Numeric arrays other than uint8 /
+        uint16 / bool must hold values in 0..255; a float image in 0..1 is refused unless ``value_scale=255`` says
+        how to scale it (``value_scale`` multiplies the values of arrays and PIL images before the 0..255 check).
+
+        A list or tuple of images (sizes may differ) returns one list of faces per image, in order. A bad item raises
+        :class:`~featherface.errors.InputError` naming its index (``item 2 of 3: ...``); with
+        ``return_exceptions=True`` its slot holds that exception instead and the other items are still processed.
         """
         if isinstance(image, (list, tuple)):
-            return [self._detect_one(im, rgb=rgb) for im in image]
-        return self._detect_one(image, rgb=rgb)
+            out: list = []
+            for i, im in enumerate(image):
+                try:
+                    out.append(self._detect_one(im, rgb=rgb, value_scale=value_scale))
+                except FeatherFaceError as exc:
+                    err = InputError(f"item {i} of {len(image)}: {exc}")
+                    err.index = i  # type: ignore[attr-defined]
+                    if not return_exceptions:
+                        raise err from None
+                    out.append(err)
+            return out
+        return self._detect_one(image, rgb=rgb, value_scale=value_scale)
 
-    def _detect_one(self, image: Any, *, rgb: bool) -> list[Face]:
-        bgr = load_image(image, rgb=rgb)
-        boxes, scores, lms = self.detect_arrays(bgr)
+    def target_side(self, height: int, width: int) -> float:
+        """The longest side (pixels) the resize policy scales an upright ``height`` x ``width`` image to."""
+        return max(height, width) * self.resize.scale_for(height, width)
+
+    def load(self, image: Any, *, rgb: bool = False, value_scale: float | None = None) -> DecodedImage:
+        """Decode ``image`` as :meth:`detect` does: upright, within ``max_pixels``, large JPEGs reduced when the resize
+        policy allows it."""
+        return decode_image(image, rgb=rgb, max_pixels=self.max_pixels, value_scale=value_scale,
+                            target_side=self.target_side)
+
+    def detect_decoded(self, decoded: DecodedImage) -> list[Face]:
+        """Faces of a :meth:`load` result, in pixels of the upright original image."""
+        boxes, scores, lms = self.detect_arrays(decoded.image)
+        if decoded.reduced:
+            fx, fy = decoded.factor_x, decoded.factor_y
+            boxes = boxes * np.asarray([fx, fy, fx, fy], np.float32)
+            lms = lms * np.asarray([fx, fy] * 5, np.float32)
         return faces_from_arrays(boxes, scores, lms)
+
+    def _detect_one(self, image: Any, *, rgb: bool, value_scale: float | None = None) -> list[Face]:
+        return self.detect_decoded(self.load(image, rgb=rgb, value_scale=value_scale))
 
     def __repr__(self) -> str:
         return (f"FaceDetector(model={self.model_name}, score_threshold={self.score_threshold}, "

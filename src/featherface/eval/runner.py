@@ -36,6 +36,7 @@ from featherface.eval.widerface import (
     read_predictions,
     write_prediction_file,
 )
+from featherface.imageio import IMAGE_SUFFIXES
 
 __all__ = [
     "list_images",
@@ -48,7 +49,7 @@ __all__ = [
     "score_prediction_folder",
 ]
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTS = IMAGE_SUFFIXES  # the one list of featherface.imageio
 
 
 def list_images(images_root: str | os.PathLike, image_list: str | os.PathLike | Sequence[str] | None = None) -> list[str]:
@@ -85,18 +86,11 @@ def evenly_spaced(items: Sequence[str], n: int | None) -> list[str]:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """uint8 BGR HxWx3 image (decoded from bytes, so any OS path works)."""
-    import cv2
+    """uint8 BGR HxWx3 image, upright by its EXIF orientation (as :class:`featherface.api.FaceDetector` reads files:
+    decoded from bytes so any OS path works, damaged JPEGs refused, the 100 MP decode budget)."""
+    from featherface.imageio import load_image
 
-    p = Path(path)
-    try:
-        data = np.fromfile(str(p), dtype=np.uint8)
-    except OSError as e:
-        raise InputError(f"cannot read image {p}: {e.strerror}") from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise InputError(f"cannot decode image {p}")
-    return img
+    return load_image(path)
 
 
 def _key(rel: str) -> str:

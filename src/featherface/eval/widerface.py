@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from featherface.errors import InputError
+from featherface.imageio import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:  # pragma: no cover
     from featherface.eval.per_size import SizeRecall
@@ -69,7 +70,6 @@ GT_FILES: dict[str, str] = {
     "medium": "wider_medium_val.mat",
     "hard": "wider_hard_val.mat",
 }
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 PathLike = Union[str, os.PathLike]
 
@@ -108,7 +108,7 @@ def read_image_list(path: PathLike) -> list[str]:
         raise InputError(f"image list not found: {p}")
     out: list[str] = []
     seen: set[str] = set()
-    with open(p, encoding="utf-8") as f:
+    with open(p, encoding="utf-8-sig") as f:
         label_style = None
         for line in f:
             s = line.strip()
@@ -356,7 +356,7 @@ def _parse_rows_slow(lines: list[tuple[int, str]], path: Path) -> np.ndarray:
 def _read_lines(path: Path) -> list[str]:
     try:
         with open(path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace").splitlines()
+            return f.read().decode("utf-8-sig", errors="replace").splitlines()
     except OSError as e:
         raise InputError(f"cannot read prediction file {path}: {e.strerror}") from None
 
@@ -512,6 +512,8 @@ class WiderResult:
     ground_truth: str = ""
     extra: dict = field(default_factory=dict)
     size_recall: "SizeRecall | None" = None  # set by the runner (featherface.eval.per_size); not in to_dict()
+    #: ground-truth images with a prediction entry (a file), even an empty one; None when not counted
+    num_images_with_prediction_files: int | None = None
 
     @property
     def ap(self) -> dict[str, float]:
@@ -537,6 +539,8 @@ class WiderResult:
             "num_images_with_predictions": self.num_images_with_predictions,
             "num_images_without_predictions": self.num_images - self.num_images_with_predictions,
             "num_prediction_files": self.num_prediction_files,
+            **({} if self.num_images_with_prediction_files is None else {
+                "num_images_without_prediction_file": self.num_images - self.num_images_with_prediction_files}),
             "num_boxes": self.num_boxes,
             "score_range": list(self.score_range),
             "iou_threshold": self.iou_threshold,
@@ -755,11 +759,13 @@ def evaluate(
     preds_l: list[np.ndarray] = []
     gts_l: list[np.ndarray] = []
     offs_l: list[int] = []
-    with_pred = 0
+    with_pred = with_entry = 0
     for i, (ev, name, boxes) in enumerate(zip(g.events, g.names, g.boxes)):
         p = full.get(f"{ev}/{name}")
         if p is None:
             p = base.get(name)
+        if p is not None:
+            with_entry += 1
         if p is None or len(p) == 0:
             continue
         with_pred += 1
@@ -808,6 +814,7 @@ def evaluate(
         settings=results,
         num_images=len(g),
         num_images_with_predictions=with_pred,
+        num_images_with_prediction_files=with_entry,
         num_prediction_files=len(full),
         num_boxes=num_boxes,
         score_range=(lo, hi),
