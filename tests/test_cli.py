@@ -39,7 +39,7 @@ def test_detect_folder_skips_bad_files_and_finishes(tmp_path, ckpt, capsys):
     assert "broken.jpg: not an image" in err and "zero.png: empty file" in err
     recs = _records(out)
     assert sorted(Path(r["source"]).name for r in recs) == ["a.jpg", "gray.png"]
-    assert (out / "sub" / "a.jpg").exists() and (out / "gray.jpg").exists()
+    assert (out / "sub" / "a.jpg").exists() and (out / "gray.png").exists()
 
 
 def test_detect_video(tmp_path, ckpt):
@@ -52,7 +52,7 @@ def test_detect_video(tmp_path, ckpt):
     assert main(["detect", str(video), "-o", str(out), "--model", str(ckpt)]) == 0
     recs = _records(out)
     assert [r["frame"] for r in recs] == [0, 1, 2, 3]
-    assert (out / "clip.mp4").exists()
+    assert (out / "clip.avi.mp4").exists()  # full input name kept (clip.avi and clip.mp4 never collide)
 
 
 @pytest.mark.parametrize("argv,needle", [

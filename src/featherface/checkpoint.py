@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 from featherface import __version__
-from featherface.errors import CheckpointError
+from featherface.errors import CheckpointError, FeatherFaceError
 from featherface.fsutil import atomic_write
 from featherface.models.registry import build_model, config_from_dict
 
@@ -84,11 +87,84 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty (0 bytes)")
+    if not callable(map_location) and not isinstance(map_location, dict):
+        from featherface.cliargs import check_device
+
+        problem = check_device(str(map_location))
+        if problem:
+            raise FeatherFaceError(f"cannot load {path}: {problem}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a pickle of another protocol is judged below, not warned about
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        foreign = _foreign_globals(path)
+        if foreign or ("weights only load failed" in str(exc).lower() and _REFUSED_CODE.search(_refusal_detail(exc))):
+            what = f"refers to {', '.join(foreign[:3])}" if foreign else _refusal_detail(exc)
+            raise CheckpointError(f"{path}: not a safe checkpoint (it contains code or objects we refuse to load): "
+                                  f"{what}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
+                              f"{_refusal_detail(exc)}") from None
     except Exception as exc:  # torch raises many types for bad files (RuntimeError, UnpicklingError, EOFError...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason[:200]}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_line(exc)}") from None
+
+
+# What torch's weights-only unpickler says when a pickle names a callable or class it will not import / call (the way
+# a malicious file runs code); other complaints ("Unsupported operand 0") mean a damaged or non-pickle file.
+_REFUSED_CODE = re.compile(r"global|reduce|\bbuild\b|\bclass\b|\binst\b|\bobj\b|persistent|setstate", re.IGNORECASE)
+
+
+_SAFE_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.bytearray",
+                 "builtins.slice", "builtins.complex", "_codecs.encode")
+
+
+def _foreign_globals(path: Path) -> list[str]:
+    """Names of the callables / classes a checkpoint's pickle refers to that a plain tensor checkpoint never does
+    (``os.system``, ``builtins.eval``, ``__main__.Evil``...), found by reading its opcodes without running them."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return []
+                data = z.read(name)
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return []
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            if isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - not a pickle (or cut short): judged by torch's message instead
+        pass
+    return [g for g in dict.fromkeys(found) if not g.startswith(_SAFE_GLOBALS)]
+
+
+def _first_line(exc: BaseException) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return reason[:200]
+
+
+def _refusal_detail(exc: BaseException) -> str:
+    """What torch's weights-only unpickler refused (e.g. ``unsupported GLOBAL posix.system``), without its advice to
+    retry with ``weights_only=False`` (which would run the file's code)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln
+              and not ln.lower().startswith("weights only load failed")]
+    detail = useful[0] if useful else "refused by the weights-only unpickler"
+    detail = re.sub(r"^(Trying to load |WeightsUnpickler error: )", "", detail)
+    detail = detail.split(". ")[0].rstrip(".")  # the first sentence: later ones advise how to load it anyway
+    return detail[:200]
 
 
 def convert_upstream_state_dict(obj: Any) -> dict[str, torch.Tensor]:

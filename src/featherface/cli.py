@@ -1,7 +1,8 @@
 """The ``featherface`` command line. Each subcommand lives in its own module; this file only dispatches.
 
-User errors (:class:`featherface.errors.FeatherFaceError`) print one line and exit 2 (detect: 1 when some inputs
-failed); ``--debug`` shows the traceback.
+User errors (:class:`featherface.errors.FeatherFaceError`), usage errors (argument values are validated while
+parsing) and operating-system errors on files (``OSError``: full disk, read-only folder, a file where a folder
+should be) print one line and exit 2 (detect: 1 when some inputs failed); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -53,8 +54,15 @@ def _add(sub, name: str, spec: tuple) -> None:
     p.set_defaults(_run=(module, run))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``featherface detect: error: argument --threads: ...``) and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="featherface", description="FeatherFace face detection.")
+    parser = _Parser(prog="featherface", description="FeatherFace face detection.")
     parser.add_argument("--version", action="version", version=f"featherface {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -69,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from featherface.errors import FeatherFaceError
+    from featherface.errors import FeatherFaceError, describe_os_error
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -83,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"featherface {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder we had to write or read: one line naming it
+        if args.debug:
+            raise
+        print(f"featherface {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

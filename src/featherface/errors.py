@@ -3,7 +3,7 @@
 The CLI prints these as one line (no traceback unless ``--debug``) and exits non-zero; everything else is a bug.
 """
 
-__all__ = ["FeatherFaceError", "InputError", "CheckpointError", "ModelNameError"]
+__all__ = ["FeatherFaceError", "InputError", "CheckpointError", "ModelNameError", "describe_os_error"]
 
 
 class FeatherFaceError(Exception):
@@ -23,3 +23,14 @@ class ModelNameError(FeatherFaceError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``path: reason`` for an ``OSError`` (``out/a.jpg: No space left on device``), naming both paths of a rename."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    name = str(exc.filename)
+    if getattr(exc, "filename2", None) is not None:
+        name += f" -> {exc.filename2}"
+    return f"{name}: {reason}"

@@ -1,19 +1,27 @@
-"""``featherface detect SOURCE... -o DIR``: images, folders (recursive), videos and webcams."""
+"""``featherface detect SOURCE... -o DIR``: images, folders (recursive), videos and webcams.
+
+Outputs keep each input's path relative to the folder given and its full name (``a.jpg`` -> ``out/a.jpg``,
+``a.webp`` -> ``out/a.webp``; formats we do not write get ``.png`` appended, videos ``.mp4``), so no two inputs
+share an output; the output folder itself is never read as input. Every per-file problem is one ``skipped:`` line
+and the run goes on; the exit status is 1 when any input was skipped.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import cv2
 
-from featherface.errors import FeatherFaceError, InputError
-from featherface.imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, load_image, write_image_atomic
+from featherface.cliargs import device, non_negative_float, non_negative_int, open_unit_interval, positive_int, \
+    probability
+from featherface.errors import FeatherFaceError, InputError, describe_os_error
+from featherface.fsutil import AtomicFile, commit_temp, discard_temp, reserve_temp
+from featherface.imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, WRITABLE_IMAGE_SUFFIXES, captured_stderr, \
+    write_image_atomic
 
 EPILOG = """examples:
   featherface detect photo.jpg -o out/                       annotated out/photo.jpg + out/detections.jsonl
@@ -24,6 +32,18 @@ EPILOG = """examples:
 """
 
 
+def _resize_arg(text: str) -> str:
+    if text.strip().lower() in ("original", "none"):
+        return "original"
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'original' or a longest side in pixels, got {text!r}") from None
+    if n < 32:
+        raise argparse.ArgumentTypeError(f"longest side must be >= 32 pixels, got {text!r}")
+    return str(n)
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
@@ -31,21 +51,45 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="featherface_out", help="output folder (default: featherface_out)")
     p.add_argument("--model", default=None,
                    help="checkpoint path (ours or upstream FeatherFace V1); default: the bundled V2 weights")
-    p.add_argument("--score", type=float, default=0.5, help="score threshold (default 0.5)")
-    p.add_argument("--nms", type=float, default=0.4, help="NMS IoU threshold (default 0.4)")
-    p.add_argument("--resize", default="original", help="'original' or the longest side in pixels (default original)")
-    p.add_argument("--max-side", type=int, default=2560, help="never exceed this longest side (memory guard; 0 = off)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--score", type=probability, default=0.5, help="score threshold in [0, 1] (default 0.5)")
+    p.add_argument("--nms", type=open_unit_interval, default=0.4, help="NMS IoU threshold in (0, 1] (default 0.4)")
+    p.add_argument("--resize", type=_resize_arg, default="original",
+                   help="'original' or the longest side in pixels, >= 32 (default original)")
+    p.add_argument("--max-side", type=non_negative_int, default=2560,
+                   help="never exceed this longest side (memory guard; 0 = off; default 2560)")
+    p.add_argument("--max-megapixels", type=non_negative_float, default=100.0,
+                   help="refuse images whose decode needs more megapixels, before decoding (0 = off; default 100)")
+    p.add_argument("--device", type=device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps (default cpu)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (>= 1)")
     p.add_argument("--no-images", action="store_true", help="write only the JSON lines, no annotated images/videos")
-    p.add_argument("--max-frames", type=int, default=None, help="stop videos / webcams after this many frames")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="stop videos / webcams after this many frames")
 
 
-def _iter_folder(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
-def _expand_sources(sources: list[str]) -> Iterator[tuple[str, Path | int, Path | None]]:
+def _iter_folder(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """Image and video files under ``folder`` (recursive, sorted), without hidden files or folders and without
+    anything inside ``exclude`` (the output folder)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            if exclude is not None and _inside((here / d).resolve(), exclude):
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        for fn in sorted(filenames):
+            if not fn.startswith(".") and fn.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES):
+                found.append(here / fn)
+    return found
+
+
+def _expand_sources(sources: list[str], exclude: Path | None = None) -> Iterator[tuple[str, Path | int, Path | None]]:
     """(kind, source, root) for every input: kind is 'image', 'video' or 'webcam'; root is the folder given."""
     for s in sources:
         if s.isdigit() and not Path(s).exists():
@@ -53,39 +97,42 @@ def _expand_sources(sources: list[str]) -> Iterator[tuple[str, Path | int, Path 
             continue
         p = Path(s)
         if p.is_dir():
-            for f in _iter_folder(p):
+            for f in _iter_folder(p, exclude):
                 yield ("video" if f.suffix.lower() in VIDEO_SUFFIXES else "image"), f, p
         elif p.suffix.lower() in VIDEO_SUFFIXES and p.exists():
             yield "video", p, None
         else:
-            yield "image", p, None  # missing / non-image files fail in load_image with a clear message
+            yield "image", p, None  # missing / non-image files fail in the decoder with a clear message
 
 
-class _JsonLines:
-    """Append records to ``detections.jsonl`` through a temp file renamed at the end (all or nothing)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.fh = os.fdopen(fd, "w")
-
-    def write(self, record: dict) -> None:
-        self.fh.write(json.dumps(record) + "\n")
-
-    def close(self) -> None:
-        self.fh.close()
-        os.replace(self.tmp, self.path)
-
-
-def _out_path(out_dir: Path, src: Path, root: Path | None, suffix: str | None = None) -> Path:
+def output_name(src: Path, root: Path | None, kind: str) -> Path:
+    """Output path relative to the output folder: the input's path under ``root`` (or its name) with its full name;
+    images in a format we do not write get ``.png`` appended, videos ``.mp4`` (unless already .mp4)."""
     rel = src.relative_to(root) if root is not None else Path(src.name)
-    out = out_dir / rel
-    return out.with_suffix(suffix) if suffix else out
+    suffix = src.suffix.lower()
+    if kind == "video":
+        return rel if suffix == ".mp4" else rel.with_name(rel.name + ".mp4")
+    return rel if suffix in WRITABLE_IMAGE_SUFFIXES else rel.with_name(rel.name + ".png")
 
 
-def _run_stream(detector, cap: cv2.VideoCapture, name: str, out_video: Path | None, jsonl: _JsonLines,
-                max_frames: int | None, draw) -> int:
+class _Outputs:
+    """Hands out output paths: never one already used in this run (``a~2.jpg`` then), never an input file."""
+
+    def __init__(self, out_dir: Path, inputs: set[Path]) -> None:
+        self.out_dir, self.inputs, self.used = out_dir, inputs, set()
+
+    def claim(self, rel: Path) -> Path:
+        path = self.out_dir / rel
+        n = 2
+        while path.resolve() in self.used or path.resolve() in self.inputs:
+            path = self.out_dir / rel.with_name(f"{rel.stem}~{n}{rel.suffix}")
+            n += 1
+        self.used.add(path.resolve())
+        return path
+
+
+def _run_stream(detector, cap: cv2.VideoCapture, name: str, out_video: Path | None, jsonl, max_frames: int | None,
+                draw) -> int:
     from tqdm import tqdm
 
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
@@ -94,7 +141,7 @@ def _run_stream(detector, cap: cv2.VideoCapture, name: str, out_video: Path | No
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     writer = None
     tmp_video = None
-    frames = 0
+    frames = written = 0
     try:
         with tqdm(total=total, desc=name, unit="frame", leave=False) as bar:
             while max_frames is None or frames < max_frames:
@@ -102,22 +149,76 @@ def _run_stream(detector, cap: cv2.VideoCapture, name: str, out_video: Path | No
                 if not ok:
                     break
                 faces = detector.detect(frame)
-                jsonl.write({"source": name, "frame": frames, "width": frame.shape[1], "height": frame.shape[0],
-                             "faces": [f.to_dict() for f in faces]})
+                record = {"source": name, "frame": frames, "width": frame.shape[1], "height": frame.shape[0],
+                          "faces": [f.to_dict() for f in faces]}
+                if out_video is not None:
+                    record["output"] = str(out_video)
+                jsonl.write(record)
                 if out_video is not None:
                     if writer is None:
-                        out_video.parent.mkdir(parents=True, exist_ok=True)
-                        tmp_video = out_video.with_name(f".{out_video.stem}.tmp{out_video.suffix}")
+                        tmp_video = reserve_temp(out_video)
                         writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                                  (frame.shape[1], frame.shape[0]))
+                        if not writer.isOpened():
+                            raise InputError(f"{out_video}: cannot write a video there")
                     writer.write(draw(frame, faces))
+                    written += 1
                 frames += 1
                 bar.update(1)
     finally:
         if writer is not None:
             writer.release()
-            os.replace(tmp_video, out_video)
+        if tmp_video is not None:
+            if written:
+                commit_temp(tmp_video, out_video)  # also after an error: keep the frames written so far
+            else:
+                discard_temp(tmp_video)
     return frames
+
+
+class _JsonLines:
+    """``detections.jsonl`` through a temporary file renamed at the end (the records of a run, all at once)."""
+
+    def __init__(self, path: Path) -> None:
+        import json
+
+        self._dumps = json.dumps
+        self.path = path
+        self.file = AtomicFile(path, text=True)
+
+    def write(self, record: dict) -> None:
+        self.file.fh.write(self._dumps(record) + "\n")
+
+    def close(self) -> None:
+        self.file.commit()
+
+    def abort(self) -> None:
+        self.file.abort()
+
+
+def _prepare_output(out_dir: Path, sources: list[str]) -> Path:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder (-o needs a folder)")
+    resolved = out_dir.resolve()
+    for s in sources:
+        p = Path(s)
+        if p.is_dir() and p.resolve() == resolved:
+            raise InputError(f"{out_dir}: the output folder is the input folder {s} (the annotated copies would "
+                             "replace the inputs); choose another -o")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder: {describe_os_error(exc)}") from None
+    return resolved
+
+
+def _skip_message(src, exc: BaseException) -> str:
+    if isinstance(exc, FeatherFaceError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{src}: {type(exc).__name__}{': ' + text[:200] if text else ''}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,36 +227,51 @@ def run(args: argparse.Namespace) -> int:
     from featherface.api import FaceDetector
     from featherface.visualize import draw_faces
 
-    detector = FaceDetector(args.model, device=args.device, score_threshold=args.score, nms_threshold=args.nms,
-                            resize=args.resize, max_side=(args.max_side or None), num_threads=args.threads)
     out_dir = Path(args.output)
-    items = list(_expand_sources(args.sources))
+    resolved_out = _prepare_output(out_dir, args.sources)
+    items = list(_expand_sources(args.sources, exclude=resolved_out))
     if not items:
         raise InputError(f"no images or videos found in {', '.join(args.sources)}")
+    max_pixels = int(args.max_megapixels * 1e6) if args.max_megapixels else None
+    detector = FaceDetector(args.model, device=args.device, score_threshold=args.score, nms_threshold=args.nms,
+                            resize=args.resize, max_side=(args.max_side or None), num_threads=args.threads,
+                            max_pixels=max_pixels)
+    inputs = {src.resolve() for kind, src, _ in items if kind != "webcam"}
+    outputs = _Outputs(out_dir, inputs)
     jsonl = _JsonLines(out_dir / "detections.jsonl")
-    failures: list[str] = []
+    skipped = 0
     n_images = n_frames = n_faces = 0
+    debug = getattr(args, "debug", False)
     try:
         bar = tqdm(items, desc="detect", unit="file", disable=len(items) < 2)
         for kind, src, root in bar:
             try:
                 if kind == "image":
-                    image = load_image(src)
-                    faces = detector.detect(image)
+                    decoded = detector.load(src)
+                    faces = detector.detect_decoded(decoded)
                     n_images += 1
                     n_faces += len(faces)
-                    jsonl.write({"source": str(src), "width": image.shape[1], "height": image.shape[0],
-                                 "faces": [f.to_dict() for f in faces]})
+                    record = {"source": str(src), "width": decoded.width, "height": decoded.height,
+                              "faces": [f.to_dict() for f in faces]}
                     if not args.no_images:
-                        write_image_atomic(_out_path(out_dir, src, root, ".jpg"), draw_faces(image, faces))
+                        target = outputs.claim(output_name(src, root, kind))
+                        drawn = faces if not decoded.reduced else [
+                            f.scaled(1 / decoded.factor_x, 1 / decoded.factor_y) for f in faces]
+                        try:
+                            write_image_atomic(target, draw_faces(decoded.image, drawn))
+                        except OSError as exc:
+                            raise InputError(f"{src}: cannot write {describe_os_error(exc)}") from None
+                        record["output"] = str(target)
+                    jsonl.write(record)
                 else:
-                    cap = cv2.VideoCapture(src if isinstance(src, int) else str(src))
+                    with captured_stderr():  # OpenCV / FFmpeg chatter about unreadable files
+                        cap = cv2.VideoCapture(src if isinstance(src, int) else str(src))
                     if not cap.isOpened():
                         raise InputError(f"{'webcam ' if kind == 'webcam' else ''}{src}: cannot be opened as a video")
                     if kind == "webcam":
-                        name, out_video = f"webcam{src}", out_dir / f"webcam{src}.mp4"
+                        name, out_video = f"webcam{src}", outputs.claim(Path(f"webcam{src}.mp4"))
                     else:
-                        name, out_video = str(src), _out_path(out_dir, src, root, ".mp4")
+                        name, out_video = str(src), outputs.claim(output_name(src, root, kind))
                     try:
                         n = _run_stream(detector, cap, name, None if args.no_images else out_video, jsonl,
                                         args.max_frames, draw_faces)
@@ -164,16 +280,20 @@ def run(args: argparse.Namespace) -> int:
                     if n == 0:
                         raise InputError(f"{src}: no frame could be decoded")
                     n_frames += n
-            except FeatherFaceError as exc:
-                failures.append(str(exc))
-                tqdm.write(f"skipped: {exc}", file=sys.stderr)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad file never ends a folder run
+                if debug:
+                    raise
+                skipped += 1
+                tqdm.write(f"skipped: {_skip_message(src, exc)}", file=sys.stderr)
     finally:
-        jsonl.close()
+        try:
+            jsonl.close()
+        except OSError as exc:
+            jsonl.abort()
+            raise InputError(f"cannot write {describe_os_error(exc)}") from None
+    note = f"; {skipped} input(s) skipped (see above)" if skipped else ""
     print(f"{n_images} image(s), {n_frames} video frame(s), {n_faces} face(s) in images; "
-          f"results in {out_dir}/ (detections.jsonl{'' if args.no_images else ' + annotated files'})")
-    if failures:
-        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
-        for f in failures:
-            print(f"  {f}", file=sys.stderr)
-        return 1
-    return 0
+          f"results in {out_dir}/ (detections.jsonl{'' if args.no_images else ' + annotated files'}){note}")
+    return 1 if skipped else 0

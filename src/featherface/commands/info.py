@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from featherface.cliargs import positive_int
 from featherface.models.registry import build_model, list_models
 from featherface.models.stats import count_macs, count_parameters, parameter_table, thop_convention_params
 
@@ -12,7 +13,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help=f"a model name ({', '.join(list_models())}) or a checkpoint path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field of a named model, e.g. --set ssh=factorised --set bifpn_cells=3")
-    p.add_argument("--size", type=int, nargs=2, default=(640, 640), metavar=("H", "W"), help="input size for MACs")
+    p.add_argument("--size", type=positive_int, nargs=2, default=(640, 640), metavar=("H", "W"), help="input size for MACs")
 
 
 def _parse_value(text: str):

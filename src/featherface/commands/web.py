@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from featherface.cliargs import port as port_number
 from featherface.errors import FeatherFaceError
 
 __all__ = ["configure_parser", "run", "make_server", "find_ort_dir", "default_onnx_model", "ISOLATION_HEADERS"]
@@ -45,6 +46,7 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
           ".png": "image/png", ".svg": "image/svg+xml", ".map": "application/json"}
 # The ORT files the page may load (the WASM-only build; ORT picks the threaded SIMD binary itself).
 _ORT_REQUIRED = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+_MAX_URL = 2048  # longer request targets are answered 414 (no file we serve has a name near that)
 
 
 def _package_dir() -> Path:
@@ -68,8 +70,6 @@ def default_onnx_model() -> Path:
 
 def _export_default_weights() -> Path:
     """Export the bundled default .pth weights (SHA-256 checked) with in-graph post-processing, cached by digest."""
-    import tempfile
-
     from featherface.pretrained import default_weights_info, default_weights_path
 
     try:
@@ -84,11 +84,7 @@ def _export_default_weights() -> Path:
         from featherface.checkpoint import load_model
         from featherface.export.onnx_export import export_onnx
 
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            tmp_path = Path(tmp) / target.name
-            export_onnx(load_model(checkpoint), tmp_path, with_postprocess=True)
-            os.replace(tmp_path, target)
+        export_onnx(load_model(checkpoint), target, with_postprocess=True)  # atomic: temp file + rename
     return target
 
 
@@ -171,8 +167,20 @@ class _Handler(BaseHTTPRequestHandler):
         return None, None
 
     def _serve(self, head_only: bool) -> None:
-        path = unquote(urlsplit(self.path).path)
-        file, body = self._resolve(path)
+        if len(self.path) > _MAX_URL:
+            self._send(HTTPStatus.REQUEST_URI_TOO_LONG, b"URI too long\n", "text/plain; charset=utf-8", head_only)
+            return
+        try:
+            path = unquote(urlsplit(self.path).path, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            path = None
+        if path is None or "\x00" in path or not path.startswith("/"):
+            self._send(HTTPStatus.BAD_REQUEST, b"bad request\n", "text/plain; charset=utf-8", head_only)
+            return
+        try:
+            file, body = self._resolve(path)
+        except (OSError, ValueError):  # a name the file system refuses (too long, bad characters): not ours
+            file, body = None, None
         if file is None and body is None:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8", head_only)
             return
@@ -190,11 +198,22 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the browser went away mid-transfer
             pass
 
+    def _handle(self, head_only: bool) -> None:
+        try:
+            self._serve(head_only)
+        except (BrokenPipeError, ConnectionResetError):  # the browser went away
+            pass
+        except Exception:  # noqa: BLE001 - never a traceback or a dropped connection for a strange request
+            try:
+                self._send(HTTPStatus.BAD_REQUEST, b"bad request\n", "text/plain; charset=utf-8", head_only)
+            except OSError:
+                pass
+
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        self._serve(False)
+        self._handle(False)
 
     def do_HEAD(self) -> None:  # noqa: N802 - stdlib name
-        self._serve(True)
+        self._handle(True)
 
 
 def make_server(model: str | os.PathLike | None = None, *, host: str = "127.0.0.1", port: int = 8000,
@@ -225,7 +244,7 @@ def make_server(model: str | os.PathLike | None = None, *, host: str = "127.0.0.
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=8000, help="port on localhost (0: any free port; default 8000)")
+    p.add_argument("--port", type=port_number, default=8000, help="port on localhost (0: any free port; default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--model", default=None,
                    help="ONNX model exported with --with-postprocess (default: the packaged default model)")

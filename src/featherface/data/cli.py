@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from featherface.cliargs import device, positive_int, probability
 from featherface.errors import InputError
+from featherface.fsutil import atomic_write_bytes
 
 __all__ = ["configure_check_parser", "run_check", "configure_preview_parser", "run_preview",
            "configure_pseudo_label_parser", "run_pseudo_label", "write_atomic"]
@@ -21,17 +21,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _labels_path(p: str) -> Path:
@@ -72,12 +62,12 @@ def configure_preview_parser(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("labels", help="label.txt or wider_face_*_bbx_gt.txt")
     parser.add_argument("-o", "--output", default="batch.png", help="PNG file to write")
     parser.add_argument("--images", default=None, help="images root (default: images/ next to LABELS)")
-    parser.add_argument("--n", type=int, default=8, help="number of samples")
+    parser.add_argument("--n", type=positive_int, default=8, help="number of samples")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=640, help="training image size")
-    parser.add_argument("--cell", type=int, default=320, help="size of one grid cell in the PNG")
-    parser.add_argument("--mixup-prob", type=float, default=0.0)
-    parser.add_argument("--cutmix-prob", type=float, default=0.0)
+    parser.add_argument("--size", type=positive_int, default=640, help="training image size")
+    parser.add_argument("--cell", type=positive_int, default=320, help="size of one grid cell in the PNG")
+    parser.add_argument("--mixup-prob", type=probability, default=0.0)
+    parser.add_argument("--cutmix-prob", type=probability, default=0.0)
     return parser
 
 
@@ -152,12 +142,12 @@ def configure_pseudo_label_parser(parser: argparse.ArgumentParser) -> argparse.A
     parser.add_argument("--teacher", required=True, help="checkpoint loadable by featherface (the teacher)")
     parser.add_argument("-o", "--output", required=True, help="label file to write (atomically)")
     parser.add_argument("--images", default=None, help="images root (default: images/ next to LABELS)")
-    parser.add_argument("--iou", type=float, default=0.5, help="minimum IoU between a face and a detection")
-    parser.add_argument("--score", type=float, default=0.8, help="minimum teacher detection score")
-    parser.add_argument("--max-images", type=int, default=None,
+    parser.add_argument("--iou", type=probability, default=0.5, help="minimum IoU between a face and a detection")
+    parser.add_argument("--score", type=probability, default=0.8, help="minimum teacher detection score")
+    parser.add_argument("--max-images", type=positive_int, default=None,
                         help="run the teacher on at most N images (the first that need it); the others are "
                              "copied unchanged")
-    parser.add_argument("--device", default="cpu", help="torch device for the teacher")
+    parser.add_argument("--device", type=device, default="cpu", help="torch device for the teacher")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

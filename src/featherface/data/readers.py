@@ -124,7 +124,7 @@ def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise InputError(f"annotation file not found: {path}")
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise InputError(f"{path} is not a UTF-8 text annotation file ({exc})") from None
     except OSError as exc:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from featherface.cliargs import device, open_unit_interval, positive_int, probability
 from featherface.errors import InputError
 
 __all__ = ["configure_parser", "run", "main"]
@@ -31,7 +32,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="restrict the run and the ground truth to these images (e.g. val-dev.txt: one event/image.jpg per line)",
     )
-    parser.add_argument("--max-images", type=int, metavar="N",
+    parser.add_argument("--max-images", type=positive_int, metavar="N",
                         help="with --model: only N images, evenly spaced over the (listed) images, as the trainer's "
                              "periodic AP does")
     parser.add_argument("--output", "-o", metavar="DIR", help="output folder (default: eval_<protocol> / none for --predictions)")
@@ -42,11 +43,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="original-size (the paper's, default), longest-side-N, multiscale-flip (RetinaFace sizes 500..1700) "
         "or multiscale-flip-S1-S2-...",
     )
-    t.add_argument("--score-threshold", type=float, default=0.02, help="keep candidates above this score (default 0.02)")
-    t.add_argument("--nms-threshold", type=float, default=0.4, help="NMS IoU, +1 pixel convention (default 0.4)")
-    t.add_argument("--top-k", type=int, default=None, help="candidates kept before NMS (default: all, as upstream)")
-    t.add_argument("--keep-top-k", type=int, default=None, help="detections kept after NMS (default: all)")
-    t.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    t.add_argument("--score-threshold", type=probability, default=0.02, help="keep candidates above this score (default 0.02)")
+    t.add_argument("--nms-threshold", type=open_unit_interval, default=0.4, help="NMS IoU, +1 pixel convention (default 0.4)")
+    t.add_argument("--top-k", type=positive_int, default=None, help="candidates kept before NMS (default: all, as upstream)")
+    t.add_argument("--keep-top-k", type=positive_int, default=None, help="detections kept after NMS (default: all)")
+    t.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the precision-recall PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -79,9 +80,15 @@ def run(args: argparse.Namespace) -> int:
         result, _ = score_prediction_folder(args.predictions, gt, output_dir=out, image_list=args.image_list, plot=plot)
         label = "external prediction files (test protocol set by whoever made them)"
         _print_result(result, label, out, result.extra.get("timing", {}))
-        missing = result.num_images - result.num_images_with_predictions
+        with_files = result.num_images_with_prediction_files
+        if with_files is None:
+            with_files = result.num_images_with_predictions
+        missing = result.num_images - with_files
+        empty = with_files - result.num_images_with_predictions
         if missing:
             print(f"Note: {missing} ground-truth images have no prediction file (counted as no detections)")
+        if empty:
+            print(f"Note: {empty} ground-truth images have an empty prediction (no faces listed)")
         return 0
 
     if not args.images:

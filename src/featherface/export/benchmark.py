@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from featherface.cliargs import non_negative_int, positive_int
+
 __all__ = ["configure", "run"]
 
 _REPO = Path(__file__).resolve().parents[3]
@@ -41,7 +43,12 @@ _V1_TEACHER = _REPO.parent / "shared" / "peers" / "featherface" / "featherface_t
 
 
 def _hw(text: str) -> tuple[int, int]:
-    w, h = (int(v) for v in text.lower().split("x"))
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 640x480, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be > 0, got {text!r}")
     return h, w
 
 
@@ -51,12 +58,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "_quiet_untrained: the forward cost does not depend on the weights)")
     p.add_argument("--v1", default=None, help=f"also benchmark V1 (e.g. {_V1_TEACHER})")
     p.add_argument("--sizes", type=_hw, nargs="+", default=[(480, 640), (640, 640)], help="WxH frames (640x480 ...)")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    p.add_argument("--runs", type=positive_int, default=30)
+    p.add_argument("--warmup", type=non_negative_int, default=3)
     p.add_argument("--image", default=None, help="test frame (default: first val-dev image)")
     p.add_argument("--calib-images", default=str(_DATA / "train" / "images"))
-    p.add_argument("--calib-n", type=int, default=8)
+    p.add_argument("--calib-n", type=positive_int, default=8)
     p.add_argument("--peers-dir", default=str(_REPO / "benchmarks" / "peers"))
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from featherface.cliargs import open_unit_interval_excl, percentile, positive_int
 from featherface.errors import FeatherFaceError
 
 __all__ = ["configure_parser", "run", "configure_quantize_parser", "run_quantize", "configure_prune_parser",
@@ -19,6 +20,8 @@ def _size(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW such as 64x96, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be > 0, got {text!r}")
     return h, w
 
 
@@ -26,10 +29,10 @@ def _size(text: str) -> tuple[int, int]:
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="FeatherFace checkpoint (.pth, ours or upstream V1) or a model name (random weights)")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16 for GridSample; default 17)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (>= 16 for GridSample; default 17)")
     p.add_argument("--with-postprocess", action="store_true",
                    help="anchors, decoding and NonMaxSuppression in the graph; score/IoU thresholds become inputs")
-    p.add_argument("--max-detections", type=int, default=750, help="faces per image kept after NMS (in-graph only)")
+    p.add_argument("--max-detections", type=positive_int, default=750, help="faces per image kept after NMS (in-graph only)")
     p.add_argument("--example-size", type=_size, default=(64, 96), help="HxW of the tracing input (axes stay dynamic)")
     p.add_argument("--parity-sizes", type=_size, nargs="*", default=[(64, 96), (96, 64)],
                    help="HxW sizes at which ONNX Runtime is compared with PyTorch after a raw export")
@@ -68,12 +71,12 @@ def configure_quantize_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="fp32 raw-output ONNX file from `featherface export`")
     p.add_argument("-o", "--output", required=True, help="INT8 ONNX file to write")
     p.add_argument("--calib-images", default=str(_DATA / "train" / "images"), help="folder of calibration images")
-    p.add_argument("-n", "--num-images", type=int, default=32, help="calibration images (N)")
-    p.add_argument("--calib-size", type=int, default=640, help="longest side of the calibration inputs")
+    p.add_argument("-n", "--num-images", type=positive_int, default=32, help="calibration images (N)")
+    p.add_argument("--calib-size", type=positive_int, default=640, help="longest side of the calibration inputs")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default per-channel)")
     p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="activation-range calibration (default minmax)")
-    p.add_argument("--percentile", type=float, default=99.999, help="clipping percentile of --method percentile")
+    p.add_argument("--percentile", type=percentile, default=99.999, help="clipping percentile of --method percentile")
     p.add_argument("--keep-float", nargs="*", default=["stage1"], metavar="GROUP",
                    help="parts left in float32: attention (sigmoid gates), heads, neck, ssh, stem, stage1, stage2, "
                         "stage3 (default: stage1, the best measured recipe; give the flag alone to quantise all)")
@@ -81,9 +84,9 @@ def configure_quantize_parser(p: argparse.ArgumentParser) -> None:
                    help="WIDER val images root: also report AP change (val-dev list / GT from --eval-gt, --eval-list)")
     p.add_argument("--eval-gt", default=None)
     p.add_argument("--eval-list", default=None)
-    p.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N listed images")
+    p.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate only the first N listed images")
     p.add_argument("--eval-protocol", default="original", help="'original' or a longest side in pixels")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--report", default=None, help="write the JSON report here")
 
 
@@ -99,11 +102,11 @@ def run_quantize(args: argparse.Namespace) -> int:
 def configure_prune_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="V2 checkpoint (or model name for random weights)")
     p.add_argument("-o", "--output", required=True, help="pruned checkpoint to write")
-    p.add_argument("--ratio", type=float, default=0.2, help="share of channels removed from SSH, BiFPN and heads")
+    p.add_argument("--ratio", type=open_unit_interval_excl, default=0.2, help="share of channels removed from SSH, BiFPN and heads")
     p.add_argument("--finetune-config", metavar="TOML",
                    help="fine-tune the pruned weights with this training recipe (its model widths are replaced by "
                         "the pruned ones; e.g. configs/prune_finetune_v2.toml)")
-    p.add_argument("--finetune-epochs", type=int, help="override the recipe's epoch count")
+    p.add_argument("--finetune-epochs", type=positive_int, help="override the recipe's epoch count")
     p.add_argument("--no-progress", action="store_true")
 
 
