@@ -1,7 +1,8 @@
 """``featherface web``: the server (headers, routes, one-line errors) and the page in a real headless Chromium.
 
 The browser test starts ``featherface web`` in a subprocess, drives the page with ``web/e2e/run_page.mjs``
-(playwright-core + the system Chromium), picks the bundled photo and a multi-face montage with the file input, and
+(playwright-core + the system Chromium), picks the bundled photo, the same photo stored sideways with EXIF orientation
+6 (a portrait phone photo) and a multi-face montage with the file input, and
 checks that the page finds the same faces as :class:`featherface.api.FaceDetector` in Python (same count at
 score >= 0.5, boxes within 2 px). It also checks the visible messages for a non-image file, a huge image and a
 denied webcam, and runs Chromium's fake camera through the webcam loop. Screenshots are written to the test's
@@ -176,6 +177,19 @@ def _montage(path: Path) -> Path:
     return path
 
 
+def _portrait_phone_photo(path: Path) -> Path:
+    """The photo stored sideways with EXIF orientation 6, as phones write portrait shots: the page (the browser honours
+    EXIF) and Python (featherface.imageio) must both see it upright and find the same face."""
+    from PIL import Image
+
+    upright = cv2.imread(str(PHOTO))
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # orientation 6 = turn 90 degrees clockwise to display
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored[:, :, ::-1]).save(path, "JPEG", quality=95, exif=exif.tobytes())
+    return path
+
+
 def _exported(ckpt: Path) -> Path:
     """ONNX export with post-processing of ``ckpt``, cached under .cache/ by checkpoint and exporter source."""
     from featherface.export import onnx_export, postprocess_graph
@@ -221,7 +235,7 @@ def browser_run(tmp_path_factory):
     pytest.importorskip("onnx")
     out = tmp_path_factory.mktemp("web")
     model = _exported(ckpt)
-    images = [PHOTO, _montage(out / "montage.png")]
+    images = [PHOTO, _portrait_phone_photo(out / "portrait_exif6.jpg"), _montage(out / "montage.png")]
     huge = out / "huge.jpg"
     cv2.imwrite(str(huge), np.full((6500, 8000, 3), 128, np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 50])  # 52 MP
     proc, url = _start_server(model)
@@ -277,7 +291,7 @@ def test_page_finds_the_same_faces_as_python(browser_run, python_model):
     for img, page in zip(browser_run["images"], res["images"]):
         assert page["state"] == "done", page
         py = det.detect(str(img))
-        h, w = cv2.imread(str(img)).shape[:2]
+        h, w = cv2.imread(str(img)).shape[:2]  # IMREAD_COLOR honours EXIF: the upright size
         assert (page["width"], page["height"]) == (w, h)
         page_faces = [f for f in page["faces"] if f["score"] >= 0.5]
         assert len(page_faces) == len(py), f"{img.name}: page found {len(page_faces)} faces, Python {len(py)}"
@@ -287,7 +301,7 @@ def test_page_finds_the_same_faces_as_python(browser_run, python_model):
         assert all(d <= BOX_TOL for d in diffs), f"{img.name}: box differences {diffs} px > {BOX_TOL}"
         for pf, f in zip(sorted(page_faces, key=lambda f: -f["score"]), py):
             assert abs(pf["score"] - f.score) < 0.01
-    assert len(res["images"]) == 2 and sum(len(p["faces"]) for p in res["images"]) >= 3
+    assert len(res["images"]) == 3 and sum(len(p["faces"]) for p in res["images"]) >= 4
     print("\n" + "\n".join(report) + f"\npage timings (s since launch): {res.get('timings')}")
 
 
