@@ -28,11 +28,10 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from featherface.fsutil import atomic_write_text
+from featherface.fsutil import atomic_write_bytes, atomic_write_text
 
 COMMIT = "4ed272dfa4bb6a6de95496d8c9c90bb3af8e3c5d"
 PREFIX = "WIDER_val/images/"
@@ -115,15 +114,7 @@ def tree_blobs(mirror: str, commit: str, prefix: str) -> dict[str, str]:
 
 def _write_file(target: Path, data: bytes) -> None:
     """Temporary file in the target's folder, renamed into place (no fsync: an interrupted run is simply re-run)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(target, data, fsync=False)
 
 
 def extract(mirror: str, blobs: dict[str, str], out: Path) -> tuple[int, int, int]:

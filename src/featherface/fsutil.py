@@ -95,8 +95,10 @@ class AtomicFile:
     """A temporary file next to ``path`` that becomes ``path`` on :meth:`commit` (flush, fsync, rename) or disappears
     on :meth:`abort`. As a context manager: commit on success, abort on an exception."""
 
-    def __init__(self, path: str | os.PathLike, *, text: bool = False, encoding: str = "utf-8") -> None:
+    def __init__(self, path: str | os.PathLike, *, text: bool = False, encoding: str = "utf-8",
+                 fsync: bool = True) -> None:
         self.path = Path(path)
+        self.fsync = fsync
         fd, self.tmp = _create_temp(self.path)
         try:
             self.fh: IO = os.fdopen(fd, "w", encoding=encoding, newline="") if text else os.fdopen(fd, "wb")
@@ -111,7 +113,8 @@ class AtomicFile:
             return self.path
         try:
             self.fh.flush()
-            os.fsync(self.fh.fileno())
+            if self.fsync:
+                os.fsync(self.fh.fileno())
             self.fh.close()
             os.replace(self.tmp, self.path)
         except BaseException:
@@ -147,8 +150,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     return f.path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write(path, lambda fh: fh.write(data))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
+    """``data`` into ``path`` atomically; ``fsync=False`` skips the flush to disk (bulk writes that are simply redone
+    after a crash)."""
+    with AtomicFile(path, fsync=fsync) as f:
+        f.fh.write(data)
+    return f.path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
