@@ -9,6 +9,8 @@ real data pipeline, the share of the time spent waiting for data, and the data p
     python benchmarks/bench_train.py --models featherface_v2 --channels-last --compare-ddp 2     # 1 vs 2 processes
     python benchmarks/bench_train.py --models featherface_v2 --channels-last --compare-compile   # torch.compile
     python benchmarks/bench_train.py --models featherface_v2 --channels-last --compare-compile --model-only  # ceiling
+    python benchmarks/bench_train.py --models featherface_v2 --batch-size 16 --steps 8 --teacher TEACHER \
+        --compare-frozen 1 2 4      # end-to-end distilled step vs the frozen shared-backbone step, teacher every k
 
 ``--compare-ddp N`` runs the same global batch once in this process (``--threads`` threads) and once as N
 DistributedDataParallel processes (``torchrun``, gloo, ``batch / N`` images and ``cpus / N`` threads each) and
@@ -39,7 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from featherface.train.config import config_from_dict  # noqa: E402
-from featherface.train.distill import teacher_forward  # noqa: E402
 from featherface.train.trainer import Trainer, prepare_student  # noqa: E402
 
 DEFAULT_LABELS = REPO.parent / "shared" / "data" / "widerface" / "train" / "label.txt"
@@ -50,15 +51,17 @@ def _world() -> int:
 
 
 def bench_model(name: str, args: argparse.Namespace, out_dir: str, channels_last: bool = False,
-                fused_bn: bool = True, compile_model: bool = False) -> dict:
+                fused_bn: bool = True, compile_model: bool = False, freeze_backbone: bool = False,
+                teacher_every: int = 1) -> dict:
     world = _world()
     n_img = (args.warmup + args.steps) * args.batch_size * world
     cfg = config_from_dict({
         "model": name, "name": f"bench_{name}", "output_dir": out_dir, "epochs": 1, "seed": 0,
         "data": {"train_labels": str(args.labels), "image_size": args.image_size, "batch_size": args.batch_size,
                  "num_workers": args.workers, "max_images": n_img},
-        "distill": {"teacher": args.teacher} if args.teacher else {},
+        "distill": {"teacher": args.teacher, "teacher_every": teacher_every} if args.teacher else {},
         "schedule": {"name": "constant"},
+        "freeze_backbone": bool(freeze_backbone),
         "channels_last": bool(channels_last),
         "fused_bn": bool(fused_bn),
         "compile": bool(compile_model),
@@ -67,7 +70,6 @@ def bench_model(name: str, args: argparse.Namespace, out_dir: str, channels_last
     tr.base_dataset.set_epoch(0)
     tr.sampler.set_epoch(0)
     tr.model.train()
-    module = tr.ddp if tr.ddp is not None else tr.step_module
     if world > 1:
         torch.distributed.barrier()
     it = iter(tr.loader)
@@ -78,11 +80,7 @@ def bench_model(name: str, args: argparse.Namespace, out_dir: str, channels_last
         images, targets = next(it)
         images = images.contiguous(memory_format=tr.memory_format)
         t1 = time.perf_counter()
-        t_out = teacher_forward(tr.teacher, images) if tr.teacher is not None else None
-        parts = module(images, targets, tr.anchors, t_out)
-        tr.optimizer.zero_grad(set_to_none=True)
-        parts["total"].backward()
-        tr.optimizer.step()
+        tr.train_step(images, targets)  # the trainer's own step: frozen backbone, teacher every k-th, loss, AdamW
         t2 = time.perf_counter()
         if i >= args.warmup:
             wait += t1 - t0
@@ -107,6 +105,7 @@ def bench_model(name: str, args: argparse.Namespace, out_dir: str, channels_last
     return {
         "model": name, "channels_last": bool(channels_last), "fused_bn": bool(fused_bn),
         "compile": bool(compile_model), "teacher": bool(args.teacher),
+        "freeze_backbone": bool(freeze_backbone), "teacher_every": int(teacher_every),
         "image_size": args.image_size, "batch_size": args.batch_size, "processes": world,
         "workers": args.workers, "threads": torch.get_num_threads(), "timed_steps": args.steps,
         "train_images_per_s": timed_images / total, "compute_images_per_s": timed_images / step,
@@ -167,8 +166,10 @@ def _print_result(r: dict) -> None:
               f"{r['train_images_per_s']:.2f} img/s ({r['step_s']:.2f} s/step, median)", flush=True)
         return
     procs = f"{r['processes']} processes x " if r["processes"] > 1 else ""
+    frozen = (f"(frozen shared backbone, teacher every {r['teacher_every']}) " if r.get("freeze_backbone")
+              else "(end to end) " if r["teacher"] else "")
     print(f"{r['model']:16s} {'NHWC' if r['channels_last'] else 'NCHW'} {bn} "
-          f"{'(+teacher) ' if r['teacher'] else ''}"
+          f"{'(+teacher) ' if r['teacher'] else ''}{frozen}"
           f"{r['image_size']}x{r['image_size']} {procs}batch {r['batch_size']}, {r['workers']} workers, "
           f"{r['threads']} threads: {r['train_images_per_s']:.2f} img/s training ({r['step_s']:.2f} s/step), "
           f"compute only {r['compute_images_per_s']:.2f} img/s, data wait {100 * r['data_wait_share']:.1f} %, "
@@ -225,8 +226,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="time the student alone on a synthetic batch (the ceiling of the training step rate)")
     p.add_argument("--profile", action="store_true", help="with --model-only: print a torch.profiler op table")
     p.add_argument("--rounds", type=int, default=1, help="repeat each comparison, alternating (noisy machines)")
+    p.add_argument("--compare-frozen", type=int, nargs="+", default=None, metavar="K",
+                   help="with --teacher: the end-to-end distilled step against the frozen shared-backbone step with "
+                        "the teacher every K-th batch, for each K given (e.g. 1 2 4), in one run")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
+    if args.compare_frozen and not args.teacher:
+        p.error("--compare-frozen needs --teacher")
     if args.compare_ddp and args.model_only:
         p.error("--compare-ddp measures the trainer; it cannot be combined with --model-only")
     if not args.labels.exists() and not args.model_only:
@@ -238,7 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         fused, comp = not args.no_fused_bn, args.compile
-        if args.compare_channels_last:
+        frozen = {}  # label -> (freeze_backbone, teacher_every)
+        if args.compare_frozen:
+            variants = [("end to end", args.channels_last, fused, comp)]
+            frozen["end to end"] = (False, 1)
+            for k in args.compare_frozen:
+                variants.append((f"frozen k={k}", args.channels_last, fused, comp))
+                frozen[f"frozen k={k}"] = (True, k)
+        elif args.compare_channels_last:
             variants = [("NCHW", False, fused, comp), ("NHWC", True, fused, comp)]
         elif args.compare_fused_bn:
             variants = [("plain BN", args.channels_last, False, False), ("fused BN", args.channels_last, True, False)]
@@ -253,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                     if args.model_only:
                         r = bench_model_only(name, args, channels_last=cl, fused_bn=fb, compile_model=cm)
                     else:
-                        r = bench_model(name, args, tmp, channels_last=cl, fused_bn=fb, compile_model=cm)
+                        fz, k = frozen.get(label, (False, 1))
+                        r = bench_model(name, args, tmp, channels_last=cl, fused_bn=fb, compile_model=cm,
+                                        freeze_backbone=fz, teacher_every=k)
                     results.append(r)
                     rates.setdefault(label, []).append(r["train_images_per_s"])
                     if main_rank:

@@ -505,6 +505,35 @@ class Trainer:
         with torch_threads(self.cfg.threads):
             return self._train_epoch(epoch)
 
+    def train_step(self, images: Tensor, targets: list[dict[str, Tensor]], epoch: int = 0) -> dict[str, Tensor]:
+        """One optimisation step on a batch (``images [B, 3, S, S]``, ``B`` target dicts): the frozen shared
+        backbone once (``freeze_backbone``), the teacher on every ``distill.teacher_every``-th step, the student's
+        loss, backward, optimizer and scheduler steps. Returns the loss parts (``"total"`` was minimised)."""
+        cfg = self.cfg
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
+        backbone = None
+        if self.frozen_backbone:
+            with torch.no_grad():
+                backbone = self.model.body(images)
+        teacher_out = None
+        if self.teacher is not None and self.global_step % cfg.distill.teacher_every == 0:
+            teacher_out = teacher_forward(self.teacher, images, backbone_features=backbone)
+        module = self.ddp if self.ddp is not None else self.step_module
+        parts = module(images, targets, self.anchors, teacher_out, backbone)
+        loss = parts["total"]
+        if not torch.isfinite(loss):
+            raise FeatherFaceError(f"non-finite loss {float(loss)} at epoch {epoch + 1}, step {self.global_step} "
+                                   f"(parts: { {k: float(v) for k, v in parts.items()} })")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.step_module.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        return parts
+
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         from tqdm import tqdm
 
@@ -517,7 +546,6 @@ class Trainer:
         self.model.train()
         if self.distill is not None:
             self.distill.train()
-        module = self.ddp if self.ddp is not None else self.step_module
         avg = _Averager()
         n_images = 0
         t_wait = 0.0
@@ -531,7 +559,6 @@ class Trainer:
             set_rng_state(partial["rng"])
         bar = tqdm(total=self.steps_per_epoch, initial=steps_done, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
                    disable=not self.progress, dynamic_ncols=True, leave=True)
-        k = cfg.distill.teacher_every
         for step_in_epoch in range(steps_done, self.steps_per_epoch):
             tw = time.perf_counter()
             try:
@@ -539,31 +566,11 @@ class Trainer:
             except StopIteration:  # pragma: no cover - len(loader) is exact
                 break
             t_wait += time.perf_counter() - tw
-            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            targets = [{k_: v.to(self.device) for k_, v in t.items()} for t in targets]
-            backbone = None
-            if self.frozen_backbone:
-                with torch.no_grad():
-                    backbone = self.model.body(images)
-            teacher_out = None
-            if self.teacher is not None and self.global_step % k == 0:
-                teacher_out = teacher_forward(self.teacher, images, backbone_features=backbone)
-            parts = module(images, targets, self.anchors, teacher_out, backbone)
-            loss = parts["total"]
-            if not torch.isfinite(loss):
-                raise FeatherFaceError(f"non-finite loss {float(loss)} at epoch {epoch + 1}, step {self.global_step} "
-                                       f"(parts: { {k_: float(v) for k_, v in parts.items()} })")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.step_module.parameters(), cfg.optim.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.global_step += 1
+            parts = self.train_step(images, targets, epoch)
             values = {k_: float(v.detach()) for k_, v in parts.items() if k_ in _LOSS_KEYS}
             values["num_positives"] = float(parts["num_positives"])
             avg.add(values)
-            n_images += images.shape[0] * self.world
+            n_images += len(targets) * self.world
             elapsed = elapsed_before + time.perf_counter() - t0
             if self.progress:
                 short = {"loss": values["total"], "box": values["box"], "cls": values["cls"],
