@@ -179,7 +179,28 @@ def test_postprocess_graph_threshold_inputs_change_output(v2_pp_onnx):
     assert len(_pp_run(sess, x, 1.0, 0.5)[1]) == 0  # empty output is fine
 
 
-def test_facedetector_onnxruntime_backend_same_faces(v2_onnx, v2_model):
+def _unmatched_faces(ref, got, atol=1e-3, rtol=1e-7):
+    """Faces of ``ref`` that a one-to-one pairing with ``got`` cannot match within tolerance (empty: same faces).
+
+    Each face is its box, landmarks and score; two faces match when every value agrees within ``atol + rtol·|got|``
+    (``np.testing.assert_allclose``'s test). The pairing is a minimum-cost assignment on the 0/1 "does not match"
+    matrix, so a perfect within-tolerance pairing is found whenever one exists, whatever the rows' order."""
+    from scipy.optimize import linear_sum_assignment
+
+    want = np.concatenate([ref[0], ref[2], ref[1][:, None]], 1).astype(np.float64)
+    have = np.concatenate([got[0], got[2], got[1][:, None]], 1).astype(np.float64)
+    close = (np.abs(want[:, None, :] - have[None, :, :]) <= atol + rtol * np.abs(have[None, :, :])).all(-1)
+    rows, cols = linear_sum_assignment(~close)
+    return [(int(r), want[r].round(4).tolist()) for r, c in zip(rows, cols) if not close[r, c]]
+
+
+def test_facedetector_onnxruntime_backend_same_faces(v2_onnx, v2_model, one_torch_thread):
+    """The onnxruntime backend finds the same faces as PyTorch (boxes, landmarks, scores within 1e-3).
+
+    The random network gives many exactly tied scores (235 faces here, tie groups of up to 31), and a score tied in
+    PyTorch can differ by an ulp in ORT, so tied faces may come out in another order (rows 211/212 swapped on one
+    machine): the faces are compared as sets, paired one to one, and each output is checked to be by descending
+    score."""
     from featherface.api import FaceDetector
 
     rng = np.random.default_rng(0)
@@ -189,8 +210,10 @@ def test_facedetector_onnxruntime_backend_same_faces(v2_onnx, v2_model):
     det = FaceDetector(v2_onnx, backend="onnxruntime", num_threads=1, **kw)
     got = det.detect_arrays(img)
     assert len(ref[1]) == len(got[1]) > 0
-    for a, b in zip(ref, got):
-        np.testing.assert_allclose(a, b, atol=1e-3)
+    for faces in (ref, got):
+        assert faces[0].shape == (len(faces[1]), 4) and faces[2].shape == (len(faces[1]), 10)
+        assert np.all(np.diff(faces[1]) <= 0)
+    assert _unmatched_faces(ref, got) == []
     faces = det.detect(img)
     assert len(faces) == len(ref[1])
     assert "onnxruntime" in det.model_name

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from featherface.models.fused_norm import BatchNormAct2d, fuse_batchnorm_activation
@@ -141,29 +142,110 @@ def test_precise_bn_same_on_fused_model():
         torch.testing.assert_close(sd_b[k], sd_a[k], rtol=0, atol=0, msg=k)
 
 
+def _float64_bn_backward(m: BatchNormAct2d, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor):
+    """Exact-as-possible gradients of one training-mode call of ``m`` and the size of what rounding acts on.
+
+    ``x`` is the call's float32 input, ``y`` its float32 output and ``g`` the float32 gradient that reached the output.
+    The activation mask is read from the float32 output, as the fused backward does (a float64 forward could put an
+    output within an ulp of zero on the other side and change one element of ``dz`` by O(1)); everything else is
+    computed in float64 by PyTorch's own BatchNorm backward. Returns ``(dx, dw, db)`` and, per element, the sum of the
+    magnitudes that the float32 sums and products combine: ``Sb = Σ|dz|``, ``Sw = invstd·Σ|dz|·(|x − mean| + |mean|)``
+    (``Σ dz·x̂`` as ``Σ dz·x − mean·Σ dz``) and, for ``dx = a·(dz − Σdz/M − x̂·Σdz·x̂/M)`` with ``a = w·invstd``,
+    ``Sx = |a|·(|dz| + (Sb + invstd·(|x| + |mean|)·Sw)/M)``; the last two cover the rounding of the sums they use.
+    """
+    slope = {"identity": 1.0, "relu": 0.0, "leaky_relu": m.negative_slope}[m.activation]
+    dz = g.double() if slope == 1.0 else torch.where(y > 0, g.double(), g.double() * slope)
+    x64 = x.double().requires_grad_(True)
+    w64 = m.weight.detach().double().requires_grad_(True)
+    b64 = m.bias.detach().double().requires_grad_(True)
+    F.batch_norm(x64, None, None, w64, b64, training=True, eps=m.eps).backward(dz)
+    xd = x.double()
+    mean, var = xd.mean((0, 2, 3)), xd.var((0, 2, 3), unbiased=False)
+    invstd = (var + m.eps).rsqrt()
+    count = x.numel() // x.shape[1]
+
+    def v(t: torch.Tensor) -> torch.Tensor:
+        return t.view(1, -1, 1, 1)
+
+    s_b = dz.abs().sum((0, 2, 3))
+    s_w = invstd * (dz.abs() * ((xd - v(mean)).abs() + v(mean).abs())).sum((0, 2, 3))
+    s_x = v(w64.detach().abs() * invstd) * (dz.abs() + (v(s_b) + v(invstd) * (xd.abs() + v(mean).abs()) * v(s_w))
+                                            / count)
+    return (x64.grad, w64.grad, b64.grad), (s_x, s_w, s_b), count
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_float32_model_gradients_as_accurate_as_native(channels_last):
-    """Against a float64 reference, the fused float32 gradients are as accurate as the native float32 ones."""
+    """Every fused BN call of a float32 training step is within float32's a-priori rounding bound of float64.
+
+    Whole-model float32 gradients are no measure of the fused backward: BN-weight gradients are sums that cancel by
+    orders of magnitude, so their float32 errors (~1-6 % of the largest entry here, native and fused alike) are
+    rounding noise amplified through the whole backward and differ from machine to machine (a ratio of two such
+    errors, fused against native, failed on one machine). Instead, every call of every ``BatchNormAct2d`` in a real
+    float32 step (its input, output and the gradient that reached it, reused modules included) is compared with the
+    float64 gradients of the same call. The bound is Higham's ``γ_n·S`` for sums and products of float32 terms in
+    any order, ``γ_n = n·u / (1 − n·u)``, ``u = 2⁻²⁴``, ``n = M + 16`` (M terms per channel, 16 roundings of the
+    per-element arithmetic and the forward statistics), with ``S`` the magnitudes the computation combines (see
+    :func:`_float64_bn_backward`). It holds for any summation order, thread count or SIMD width, so no machine's
+    rounding enters it. The fused backward stays below ~0.1 of it (≤ 0.13 over seeds 0-6, 1 or 2 threads, AVX-512,
+    AVX2 or no SIMD; the native backward on the same calls, measured alike, is no better), while a wrong backward
+    misses it by orders of magnitude (a 0.1 % error in dx or dw by ~450x, count−1 by ~2·10⁴x, no activation mask or a
+    wrong slope by ~5·10⁵x, half-precision channel sums by ~120x). Exact formula agreement is checked in float64 by
+    the tests above.
+    """
     torch.manual_seed(0)
     model = build_model("featherface_v2").train()
-    fused = copy.deepcopy(model)
-    fuse_batchnorm_activation(fused)
+    fuse_batchnorm_activation(model)
     x = torch.randn(2, 3, 96, 96)
-    ref = copy.deepcopy(model).double()
-    sum(t.pow(2).mean() for t in ref(x.double())).backward()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    calls: list[dict] = []
 
-    def errors(m: nn.Module) -> torch.Tensor:
-        xx = x
-        if channels_last:
-            m = m.to(memory_format=torch.channels_last)
-            xx = x.contiguous(memory_format=torch.channels_last)
-        sum(t.pow(2).mean() for t in m(xx)).backward()
-        return torch.tensor([float((p.grad.double() - r.grad).abs().max() / r.grad.abs().max())
-                             for p, r in zip(m.parameters(), ref.parameters()) if r.grad is not None])
+    def pre_hook(m, args):
+        # an alias that only this call consumes: its gradient is this call's dx (the input itself may feed others)
+        alias = args[0].view_as(args[0])
+        call = {"m": m, "x": args[0].detach().clone()}
+        alias.register_hook(lambda g: call.__setitem__("dx", g.detach().clone()))
+        calls.append(call)
+        return (alias,)
 
-    native, ours = errors(model), errors(fused)
-    assert float(ours.median()) <= 2 * float(native.median()) + 1e-6
-    assert float(ours.max()) <= 3 * float(native.max()) + 1e-5
+    def post_hook(m, args, out):
+        call = calls[-1]
+        call["y"] = out.detach().clone()  # before any later in-place use; hooks see the gradient of this version
+        out.register_hook(lambda g: call.__setitem__("g", g.detach().clone()))
+
+    bns = [m for m in model.modules() if isinstance(m, BatchNormAct2d)]
+    assert bns
+    handles = [h for m in bns for h in (m.register_forward_pre_hook(pre_hook), m.register_forward_hook(post_hook))]
+    sum(t.pow(2).mean() for t in model(x)).backward()
+    for h in handles:
+        h.remove()
+    assert len(calls) >= len(bns) and all("dx" in c and "g" in c for c in calls)
+
+    u = torch.finfo(torch.float32).eps / 2
+
+    def ratio(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor, n: int) -> float:
+        gamma = n * u / (1 - n * u)
+        err = (got.double() - want).abs()
+        # nothing to round (a channel with dz = 0 everywhere) must be exact; 0/0 would be a NaN that max() hides
+        return float(torch.where(scale > 0, err / (gamma * scale), torch.where(err > 0, torch.inf, 0.0)).max())
+
+    worst = {"dx": 0.0, "dw": 0.0, "db": 0.0}
+    per_module: dict[nn.Module, list] = {}
+    for c in calls:
+        (dx, dw, db), (s_x, s_w, s_b), count = _float64_bn_backward(c["m"], c["x"], c["y"], c["g"])
+        assert c["dx"].shape == c["x"].shape
+        worst["dx"] = max(worst["dx"], ratio(c["dx"], dx, s_x, count + 16))
+        acc = per_module.setdefault(c["m"], [0, 0, 0, 0, 0])
+        for i, t in enumerate((dw, db, s_w, s_b)):
+            acc[i] = acc[i] + t
+        acc[4] += count
+    # the parameters' gradients are the ones the step produced (a reused module's calls accumulated into them)
+    for m, (dw, db, s_w, s_b, count) in per_module.items():
+        worst["dw"] = max(worst["dw"], ratio(m.weight.grad, dw, s_w, count + 16))
+        worst["db"] = max(worst["db"], ratio(m.bias.grad, db, s_b, count + 16))
+    assert max(worst.values()) <= 1.0, f"float32 error / a-priori bound: {worst} over {len(calls)} calls"
 
 
 def test_non_positive_leaky_slope_is_not_fused():
