@@ -155,6 +155,35 @@ def test_teacher_every_k_runs_the_teacher_on_every_kth_batch(tmp_path, tiny, ran
     assert np.isfinite(rec["loss_total"])
 
 
+@pytest.mark.parametrize("feature_weight, runs_teacher", [(0.0, False), (0.1, True)])
+def test_alpha_zero_skips_the_teacher_only_without_feature_loss(tmp_path, tiny, random_teacher, feature_weight,
+                                                                 runs_teacher):
+    cfg = _frozen_config(tmp_path, tiny, random_teacher, f"alpha0_fw{feature_weight}", epochs=1,
+                         **{"distill.alpha": 0.0, "distill.feature_weight": feature_weight, "data.batch_size": 2})
+    t = Trainer(cfg, progress=False)
+    calls = []
+    orig_fb, orig_fw = t.teacher.forward_from_backbone, t.teacher.forward_with_features
+    t.teacher.forward_from_backbone = lambda feats: (calls.append("from_backbone"), orig_fb(feats))[1]
+    t.teacher.forward_with_features = lambda x: (calls.append("with_features"), orig_fw(x))[1]
+    images, targets = next(iter(t.loader))
+    parts = t.train_step(images, targets)
+    assert bool(calls) == runs_teacher
+    if not runs_teacher:
+        # no KD part computed, and the minimised loss is the task loss ...
+        assert "kd" not in parts and torch.equal(parts["total"], parts["task"])
+        # ... which is what the teacher's outputs would have given at zero weight
+        t.model.train()
+        with torch.no_grad():
+            feats = t.model.body(images)
+            t_out = orig_fb(feats)
+            with_teacher = t.step_module(images, targets, t.anchors, t_out, feats)
+            without = t.step_module(images, targets, t.anchors, None, feats)
+        assert torch.allclose(with_teacher["total"], with_teacher["task"])
+        assert torch.allclose(with_teacher["total"], without["total"])
+    else:
+        assert "kd" in parts
+
+
 # ------------------------------------------------------------------------------------------------ schedule / resume
 def test_resume_with_another_length_is_refused(tmp_path, tiny):
     cfg = tiny_config(tmp_path, tiny, "len", epochs=1, **{"data.max_images": 2})

@@ -508,7 +508,11 @@ class Trainer:
     def train_step(self, images: Tensor, targets: list[dict[str, Tensor]], epoch: int = 0) -> dict[str, Tensor]:
         """One optimisation step on a batch (``images [B, 3, S, S]``, ``B`` target dicts): the frozen shared
         backbone once (``freeze_backbone``), the teacher on every ``distill.teacher_every``-th step, the student's
-        loss, backward, optimizer and scheduler steps. Returns the loss parts (``"total"`` was minimised)."""
+        loss, backward, optimizer and scheduler steps. Returns the loss parts (``"total"`` was minimised).
+
+        With ``distill.alpha == 0`` and ``distill.feature_weight == 0`` the teacher's outputs would get zero weight:
+        its forward is skipped (the teacher then only initialises, and shares, the backbone; the loss is the task
+        loss, as it would be with the teacher run)."""
         cfg = self.cfg
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
@@ -517,7 +521,8 @@ class Trainer:
             with torch.no_grad():
                 backbone = self.model.body(images)
         teacher_out = None
-        if self.teacher is not None and self.global_step % cfg.distill.teacher_every == 0:
+        distilling = cfg.distill.alpha != 0 or cfg.distill.feature_weight != 0
+        if self.teacher is not None and distilling and self.global_step % cfg.distill.teacher_every == 0:
             teacher_out = teacher_forward(self.teacher, images, backbone_features=backbone)
         module = self.ddp if self.ddp is not None else self.step_module
         parts = module(images, targets, self.anchors, teacher_out, backbone)
