@@ -27,7 +27,7 @@ FRAME = ROOT.parent / "shared" / "data" / "widerface" / "val" / "images" / "0--P
 
 
 def _preprocess_previous(img: np.ndarray) -> np.ndarray:
-    from featherface.api import MEAN_BGR
+    from featherface.preprocessing import MEAN_BGR
 
     x = img.astype(np.float32)
     x -= np.asarray(MEAN_BGR, dtype=np.float32)
@@ -79,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
-    from featherface.api import FaceDetector, preprocess
+    from featherface.api import FaceDetector
     from featherface.export.ort_backend import make_session
-    from featherface.geometry import make_anchors
+    from featherface.geometry import DEFAULT_ANCHORS, make_anchors
     from featherface.geometry.postprocess import postprocess
+    from featherface.preprocessing import preprocess
 
     w, h = (int(v) for v in args.size.lower().split("x"))
     img = cv2.imread(str(FRAME))
@@ -109,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         loc, logits, lms = (torch.from_numpy(o[0]) for o in sess.run(None, {"input": x}))
         anchors = make_anchors((h, w))
         prev = _postprocess_previous(loc, logits, lms, anchors, (h, w), 0.5, 0.4)
-        cur = postprocess(loc, logits, lms, anchors, (h, w), score_threshold=0.5, nms_threshold=0.4)
+        v = DEFAULT_ANCHORS.variances
+        cur = postprocess(loc, logits, lms, anchors, (h, w), variances=v, score_threshold=0.5, nms_threshold=0.4)
         assert np.allclose(prev[0], cur.boxes) and np.allclose(prev[1], cur.scores)
         t = _time({"previous": lambda: _postprocess_previous(loc, logits, lms, anchors, (h, w), 0.5, 0.4),
-                   "current": lambda: postprocess(loc, logits, lms, anchors, (h, w), score_threshold=0.5,
-                                                  nms_threshold=0.4)}, args.runs)
+                   "current": lambda: postprocess(loc, logits, lms, anchors, (h, w), variances=v,
+                                                  score_threshold=0.5, nms_threshold=0.4)}, args.runs)
         rows.append((f"post-processing ({len(cur.scores)} faces)", t["previous"], t["current"]))
 
         so = ort.SessionOptions()

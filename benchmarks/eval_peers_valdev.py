@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
 from featherface.api import FaceDetector  # noqa: E402
 from featherface.eval.per_size import size_recall  # noqa: E402
+from featherface.geometry.anchors import DEFAULT_ANCHORS  # noqa: E402
 from featherface.eval.widerface import evaluate, read_image_list  # noqa: E402
 from featherface.models.outputs import DetectionOutput  # noqa: E402
 
@@ -37,6 +38,8 @@ REFERENCE = SHARED / "data" / "widerface" / "oracle" / "reference_ap.json"
 
 
 class _AsDetectionOutput(torch.nn.Module):
+    anchor_spec = DEFAULT_ANCHORS  # RetinaFace-MobileNet0.25 uses upstream cfg_mnet's anchors, as FeatherFace
+
     def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
         self.net = net

@@ -163,7 +163,8 @@ def test_postprocess_graph_matches_python(v2_pp_onnx, v2_model, score, iou, one_
             assert dist[np.arange(len(match)), match].max() < 1e-3
             if b == 0 and (h, w) == SIZES[0]:  # and the library's postprocess() finds the same set of faces
                 lib = postprocess(out.boxes[b], out.logits[b], out.landmarks[b], make_anchors((h, w)), (h, w),
-                                  score_threshold=score, nms_threshold=iou)
+                                  variances=v2_model.config.anchor_spec.variances, score_threshold=score,
+                                  nms_threshold=iou)
                 assert len(lib.scores) == len(ref_scores)
                 np.testing.assert_allclose(np.sort(lib.scores), np.sort(ref_scores), atol=1e-5)
             total += len(ref_scores)

@@ -187,12 +187,12 @@ class RetinaFacePeer:
         return [torch.from_numpy(t[0]) for t in self._sessions[threads].run(None, {"input": x})]
 
     def detect(self, img: np.ndarray, threads: int, score_threshold: float = 0.5):
-        from featherface.api import preprocess
-        from featherface.geometry import make_anchors, postprocess
+        from featherface.geometry import DEFAULT_ANCHORS, postprocess
+        from featherface.preprocessing import preprocess
 
         x = preprocess(img)[None]
         loc, logits, lms = self._forward(x, threads)
         h, w = x.shape[-2:]
-        d = postprocess(loc, logits, lms, make_anchors((h, w)), (h, w), score_threshold=score_threshold,
-                        nms_threshold=0.4)
+        d = postprocess(loc, logits, lms, DEFAULT_ANCHORS.anchors((h, w)), (h, w),
+                        variances=DEFAULT_ANCHORS.variances, score_threshold=score_threshold, nms_threshold=0.4)
         return d.boxes, d.scores, d.landmarks

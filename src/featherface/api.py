@@ -1,38 +1,39 @@
 """``FaceDetector``: image in, faces out.
 
-Data flow: image → :func:`featherface.imageio.decode_image` (uint8 BGR, upright by EXIF) → resize policy → BGR − (104, 117, 123), CHW →
-model (raw boxes / logits / landmarks) → decode against the anchors (variances 0.1 / 0.2) → score threshold →
-greedy NMS ("+1" pixel convention, as upstream) → :class:`Face` objects in original-image pixels.
+Data flow, one module per stage:
+
+image → :func:`featherface.imageio.decode_image` (uint8 BGR, upright by EXIF) → :class:`ResizePolicy` →
+:func:`featherface.preprocessing.preprocess` (the model's :class:`~featherface.preprocessing.Preprocessing`) →
+model (raw boxes / logits / landmarks; PyTorch or :mod:`featherface.export.ort_backend`) →
+:func:`featherface.geometry.postprocess.decode_detections` (the model's
+:class:`~featherface.geometry.anchors.AnchorSpec`) → :func:`~featherface.geometry.postprocess.select_detections`
+(top-k, greedy NMS with the "+1" pixel convention, keep-top-k) → :class:`Face` objects in original-image pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
-import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from featherface.errors import FeatherFaceError, InputError
-from featherface.geometry.anchors import make_anchors
-from featherface.geometry.boxes import decode_boxes, decode_landmarks
-from featherface.geometry.nms import nms_np
+from featherface.geometry.anchors import AnchorSpec, anchor_spec_of
+from featherface.geometry.landmarks import LANDMARK_NAMES
+from featherface.geometry.postprocess import Detections, decode_detections, select_detections
 from featherface.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
+from featherface.preprocessing import DEFAULT_PREPROCESSING, MEAN_BGR, Preprocessing, preprocess
 
-__all__ = ["LANDMARK_NAMES", "MEAN_BGR", "Face", "ResizePolicy", "FaceDetector", "preprocess"]
-
-#: Landmark order of the RetinaFace annotation. "left"/"right" are as seen in the image (image-left eye first),
-#: which is the subject's right eye; horizontal mirroring swaps the pairs.
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-MEAN_BGR = (104.0, 117.0, 123.0)
-_MIRROR_POINTS = (1, 0, 2, 4, 3)
+__all__ = ["LANDMARK_NAMES", "MEAN_BGR", "Face", "ResizePolicy", "FaceDetector", "faces_from_arrays", "preprocess",
+           "torch_threads"]
 
 
 @dataclass(frozen=True)
@@ -95,33 +96,26 @@ class ResizePolicy:
         return "original" if self.longest_side is None else f"longest_side_{self.longest_side}"
 
 
-def preprocess(image_bgr: np.ndarray, scale: float = 1.0, *, flip: bool = False) -> np.ndarray:
-    """uint8 BGR ``[H, W, 3]`` → float32 ``[3, H', W']`` (resized by ``scale``, optionally mirrored, minus the mean)."""
-    img = image_bgr
-    if scale != 1.0:
-        h, w = img.shape[:2]
-        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-        img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
-    if flip:
-        img = cv2.flip(img, 1)
-    # One pass per plane straight into the CHW output (2.3x faster than astype + subtract + transpose copy).
-    h, w = img.shape[:2]
-    out = np.empty((3, h, w), dtype=np.float32)
-    for c, plane in enumerate(cv2.split(np.ascontiguousarray(img))):
-        np.subtract(plane, np.float32(MEAN_BGR[c]), out=out[c], dtype=np.float32)
-    return out
-
-
 @lru_cache(maxsize=32)
-def _anchors(height: int, width: int, steps: tuple, min_sizes: tuple) -> torch.Tensor:
-    return make_anchors((height, width), steps=steps, min_sizes=min_sizes)
+def _anchors(height: int, width: int, spec: AnchorSpec) -> torch.Tensor:
+    return spec.anchors((height, width))
 
 
-def _as_tuple(v: Any) -> tuple:
-    return tuple(_as_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` (``None``: unchanged), restoring the previous count, so
+    that a library call never changes the process-wide setting."""
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
-def _resolve_model(model: "str | os.PathLike | nn.Module | None", device: str | torch.device) -> nn.Module:
+def _resolve_model(model: str | os.PathLike | nn.Module | None, device: torch.device) -> nn.Module:
     from featherface.checkpoint import load_model
     from featherface.models.registry import build_model, list_models
 
@@ -132,6 +126,8 @@ def _resolve_model(model: "str | os.PathLike | nn.Module | None", device: str | 
 
         return load_model(default_weights_path(), map_location=device).to(device)
     if isinstance(model, str) and model in list_models():
+        import warnings
+
         warnings.warn(f"FaceDetector({model!r}) builds an untrained network (random weights); pass a checkpoint path "
                       "for real detections", stacklevel=3)
         return build_model(model).to(device).eval()
@@ -154,7 +150,8 @@ class FaceDetector:
         resize: ``"original"``/``None`` (original size), an int (longest side in pixels) or a :class:`ResizePolicy`.
         max_side: longest side never exceeded (memory guard for huge images); ``None`` disables it.
         top_k / keep_top_k: optional caps on candidates before / faces after NMS.
-        num_threads: torch intra-op threads (``None`` leaves torch's setting); with ``backend="onnxruntime"`` the
+        num_threads: torch intra-op threads while this detector runs the network (set and restored around each call,
+            never changed for the process; ``None`` leaves torch's setting); with ``backend="onnxruntime"`` the
             session's ``intra_op_num_threads`` (``None``: 1).
         backend: ``"torch"`` (default) or ``"onnxruntime"``: ``model`` is then a raw-output ``.onnx`` file from
             ``featherface export`` (no ``--with-postprocess``); decoding and NMS are the same Python code.
@@ -197,14 +194,12 @@ class FaceDetector:
             from featherface.export.ort_backend import OrtModel
 
             self.model = OrtModel(model, num_threads=num_threads)
+            self.num_threads = None  # the session has its own thread count
         else:
-            if num_threads is not None:
-                torch.set_num_threads(int(num_threads))
             self.model = _resolve_model(model, self.device)
-        cfg = getattr(self.model, "config", None)
-        self.steps = _as_tuple(getattr(cfg, "steps", (8, 16, 32)))
-        self.min_sizes = _as_tuple(getattr(cfg, "min_sizes", ((16, 32), (64, 128), (256, 512))))
-        self.variances = _as_tuple(getattr(cfg, "variances", (0.1, 0.2)))
+            self.num_threads = None if num_threads is None else int(num_threads)
+        self.anchor_spec: AnchorSpec = anchor_spec_of(self.model)
+        self.preprocessing: Preprocessing = getattr(self.model, "preprocessing", None) or DEFAULT_PREPROCESSING
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.resize = ResizePolicy.parse(resize, max_side)
@@ -216,54 +211,48 @@ class FaceDetector:
     def model_name(self) -> str:
         return getattr(self.model, "model_name", type(self.model).__name__)
 
+    # The anchor contract's parts, as attributes of earlier versions.
+    @property
+    def steps(self) -> tuple[int, ...]:
+        return self.anchor_spec.steps
+
+    @property
+    def min_sizes(self) -> tuple[tuple[int, ...], ...]:
+        return self.anchor_spec.min_sizes
+
+    @property
+    def variances(self) -> tuple[float, float]:
+        return self.anchor_spec.variances
+
     # ----------------------------------------------------------------------------------------------- low level
     @torch.inference_mode()
     def predict_raw(self, image_bgr: np.ndarray, *, scale: float = 1.0, flip: bool = False,
-                    score_threshold: float = 0.02) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    score_threshold: float = 0.02) -> Detections:
         """Decoded candidates before NMS for one uint8 BGR image resized by ``scale`` (mirrored when ``flip``).
 
         Returns ``boxes [N, 4]`` (x1, y1, x2, y2), ``scores [N]``, ``landmarks [N, 10]`` in pixels of the ORIGINAL
         (un-scaled, un-mirrored) image, for scores ``> score_threshold``, sorted by descending score.
         """
-        x = torch.from_numpy(preprocess(image_bgr, scale, flip=flip))[None].to(self.device)
+        x = torch.from_numpy(preprocess(image_bgr, scale, flip=flip, preprocessing=self.preprocessing))
+        x = x[None].to(self.device)
         h, w = x.shape[-2:]
-        out = self.model(x)
-        anchors = _anchors(h, w, self.steps, self.min_sizes).to(self.device)
-        scores = torch.softmax(out.logits[0].float(), dim=-1)[:, 1]
-        keep = scores > score_threshold
-        if not bool(keep.any()):
-            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 10), np.float32)
-        boxes = decode_boxes(out.boxes[0][keep], anchors[keep], self.variances)
-        lms = decode_landmarks(out.landmarks[0][keep], anchors[keep], self.variances)
-        scores = scores[keep]
-        sx, sy = w / scale, h / scale  # normalised → original pixels
-        boxes = (boxes * torch.tensor([sx, sy, sx, sy], device=boxes.device)).cpu().numpy()
-        lms = (lms * torch.tensor([sx, sy] * 5, device=lms.device)).cpu().numpy()
-        scores = scores.cpu().numpy()
-        if flip:
-            width = w / scale
-            boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
-            pts = lms.reshape(-1, 5, 2)[:, _MIRROR_POINTS]
-            pts[..., 0] = width - pts[..., 0]
-            lms = pts.reshape(-1, 10)
-        order = scores.argsort()[::-1]  # upstream ordering (ties as numpy's quicksort gives them)
-        return boxes[order].astype(np.float32), scores[order].astype(np.float32), lms[order].astype(np.float32)
+        with torch_threads(self.num_threads):
+            out = self.model(x)
+        anchors = _anchors(h, w, self.anchor_spec).to(self.device)
+        return decode_detections(out.boxes[0], out.logits[0], out.landmarks[0], anchors, (h, w),
+                                 variances=self.anchor_spec.variances, score_threshold=score_threshold, scale=scale,
+                                 flip=flip)
 
     def detect_arrays(self, image_bgr: np.ndarray, *, score_threshold: float | None = None,
-                      nms_threshold: float | None = None, scale: float | None = None,
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      nms_threshold: float | None = None, scale: float | None = None) -> Detections:
         """Detections as arrays: ``boxes [K, 4]``, ``scores [K]``, ``landmarks [K, 10]`` (original pixels)."""
         thr = self.score_threshold if score_threshold is None else score_threshold
         nms_thr = self.nms_threshold if nms_threshold is None else nms_threshold
         if scale is None:
             scale = self.resize.scale_for(*image_bgr.shape[:2])
-        boxes, scores, lms = self.predict_raw(image_bgr, scale=scale, score_threshold=thr)
-        if self.top_k is not None:
-            boxes, scores, lms = boxes[: self.top_k], scores[: self.top_k], lms[: self.top_k]
-        keep = nms_np(boxes, scores, nms_thr, pixel_offset=1.0)
-        if self.keep_top_k is not None:
-            keep = keep[: self.keep_top_k]
-        return boxes[keep], scores[keep], lms[keep]
+        cand = self.predict_raw(image_bgr, scale=scale, score_threshold=thr)
+        return select_detections(*cand, nms_threshold=nms_thr, top_k=self.top_k, keep_top_k=self.keep_top_k,
+                                 presorted=True)
 
     # ---------------------------------------------------------------------------------------------- high level
     def detect(self, image: Any, *, rgb: bool = False, value_scale: float | None = None,
@@ -321,8 +310,8 @@ class FaceDetector:
 
 def faces_from_arrays(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray) -> list[Face]:
     faces = []
-    for b, s, l in zip(boxes.tolist(), scores.tolist(), landmarks.tolist()):
-        pts = {name: (l[2 * i], l[2 * i + 1]) for i, name in enumerate(LANDMARK_NAMES)}
+    for b, s, lm in zip(boxes.tolist(), scores.tolist(), landmarks.tolist()):
+        pts = {name: (lm[2 * i], lm[2 * i + 1]) for i, name in enumerate(LANDMARK_NAMES)}
         faces.append(Face(box=(b[0], b[1], b[2], b[3]), score=float(s), landmarks=pts))
     return faces
 

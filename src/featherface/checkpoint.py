@@ -7,6 +7,9 @@ Format (a plain dict, loadable with ``torch.load(weights_only=True)``)::
      "preprocessing": {"color_order": "BGR", "mean": [104, 117, 123], "std": [1, 1, 1]},
      "extra": {...}}                      # optional: training state, metrics, provenance
 
+``preprocessing`` is :meth:`featherface.preprocessing.Preprocessing.to_dict` of the model's record and is read back
+by :func:`load_model` (``model.preprocessing``), so the API feeds a model the input it was trained on.
+
 Upstream FeatherFace / RetinaFace files are raw state dicts (sometimes wrapped in ``state_dict`` or
 ``model_state_dict``, sometimes with ``module.`` prefixes and thop's ``total_ops`` / ``total_params`` buffers);
 :func:`convert_upstream_state_dict` normalises them and the model is then loaded **strictly**.
@@ -29,6 +32,7 @@ from featherface import __version__
 from featherface.errors import CheckpointError, FeatherFaceError
 from featherface.fsutil import atomic_write
 from featherface.models.registry import build_model, config_from_dict
+from featherface.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "PREPROCESSING", "atomic_save", "save_checkpoint", "read_checkpoint",
@@ -37,7 +41,7 @@ __all__ = [
 
 FORMAT = "featherface"
 FORMAT_VERSION = 1
-PREPROCESSING = {"color_order": "BGR", "mean": [104.0, 117.0, 123.0], "std": [1.0, 1.0, 1.0]}
+PREPROCESSING = DEFAULT_PREPROCESSING.to_dict()  # what checkpoints of default-preprocessing models store
 _THOP_SUFFIXES = ("total_ops", "total_params")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
@@ -68,7 +72,7 @@ def model_to_checkpoint(model: nn.Module, extra: Mapping[str, Any] | None = None
         "model_name": name,
         "model_config": _jsonable(dataclasses.asdict(config)),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "preprocessing": dict(PREPROCESSING),
+        "preprocessing": getattr(model, "preprocessing", DEFAULT_PREPROCESSING).to_dict(),
         "extra": dict(extra or {}),
     }
 
@@ -245,6 +249,10 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
         name = obj["model_name"]
         model = build_model(name, config_from_dict(name, obj.get("model_config", {})))
         load_state_dict_strict(model, obj["state_dict"], str(path))
+        try:
+            model.preprocessing = Preprocessing.from_dict(obj.get("preprocessing"))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: invalid preprocessing record: {exc}") from None
     else:
         state_dict = convert_upstream_state_dict(obj)
         name = model_name or detect_architecture(state_dict)

@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from featherface.geometry.landmarks import mirror_points
+from featherface.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, preprocess
+
 __all__ = [
     "Sample",
     "MEAN_BGR",
@@ -51,11 +54,9 @@ __all__ = [
     "TrainTransform",
 ]
 
-MEAN_BGR = (104.0, 117.0, 123.0)
+MEAN_BGR = DEFAULT_PREPROCESSING.fill_bgr  # the mean colour that padding is filled with (default preprocessing)
 CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)
-# left eye <-> right eye, nose stays, left mouth <-> right mouth
-_MIRROR_ORDER = np.array([1, 0, 2, 4, 3])
 
 
 @dataclass(frozen=True)
@@ -225,9 +226,8 @@ def mirror(sample: Sample) -> Sample:
     img = sample.image[:, ::-1].copy()
     b = sample.boxes.astype(np.float64)
     nb = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=1).astype(np.float32)
-    pts = sample.landmarks.astype(np.float64).reshape(-1, 5, 2)[:, _MIRROR_ORDER].copy()
-    pts[..., 0] = w - pts[..., 0]
-    lm = _zero_missing(pts.reshape(-1, 10).astype(np.float32), sample.has_landmarks)
+    pts = mirror_points(sample.landmarks.astype(np.float64), w)
+    lm = _zero_missing(pts.astype(np.float32), sample.has_landmarks)
     return sample.with_geometry(img, nb, lm)
 
 
@@ -266,10 +266,10 @@ def filter_small(sample: Sample, min_face_size: float = 0.0, *, as_ignore: bool 
     return Sample(out.image, out.boxes, out.landmarks, out.has_landmarks, out.weights, ignore)
 
 
-def to_network_input(image: np.ndarray, mean=MEAN_BGR) -> np.ndarray:
-    """uint8 HxWx3 BGR -> float32 3xHxW, minus the BGR mean (104, 117, 123)."""
-    x = image.astype(np.float32) - np.asarray(mean, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+def to_network_input(image: np.ndarray, preprocessing: Preprocessing = DEFAULT_PREPROCESSING) -> np.ndarray:
+    """uint8 HxWx3 BGR -> float32 3xHxW network input: :func:`featherface.preprocessing.preprocess` at scale 1, the
+    same function (and record) as inference."""
+    return preprocess(image, preprocessing=preprocessing)
 
 
 # --------------------------------------------------------------------------------------------- mixing
@@ -382,7 +382,7 @@ class TrainTransform:
     crop_tries: int = 250
     distort: bool = True
     mirror_prob: float = 0.5
-    mean: tuple[float, float, float] = MEAN_BGR
+    preprocessing: Preprocessing = DEFAULT_PREPROCESSING
     min_face_size: float = 0.0
     small_faces_ignored: bool = False
     mixup_prob: float = 0.0
@@ -403,11 +403,11 @@ class TrainTransform:
             raise ValueError("image_size must be >= 1 and crop_scales non-empty")
 
     def augment(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        s, ok = random_square_crop(sample, rng, self.crop_scales, self.crop_tries)
+        s, ok = random_square_crop(sample, rng, self.crop_scales, self.crop_tries, fill=self.preprocessing.fill_bgr)
         if self.distort:
             s = photometric_distort(s, rng)
         if not ok:
-            s = pad_to_square(s, self.mean)
+            s = pad_to_square(s, self.preprocessing.fill_bgr)
         s = random_mirror(s, rng, self.mirror_prob)
         interp = self.interpolations[int(rng.integers(len(self.interpolations)))]
         s = resize_square(s, size=self.image_size, interpolation=interp)
@@ -446,7 +446,7 @@ class TrainTransform:
             "weights": sample.weights[face].copy(),
             "ignore_boxes": (sample.boxes[sample.ignore] / scale).astype(np.float32).reshape(-1, 4),
         }
-        return to_network_input(sample.image, self.mean), target
+        return to_network_input(sample.image, self.preprocessing), target
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return self.finalize(self.augment(sample, rng))

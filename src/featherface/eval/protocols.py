@@ -1,9 +1,10 @@
 """Test-time protocols for WIDER FACE evaluation.
 
 A protocol says at which scales (and flips) the detector looks at each image and how the candidates are merged:
-every pass gives decoded boxes in original-image pixels (``FaceDetector.predict_raw``), all passes are pooled,
-sorted by score, optionally cut to ``top_k``, reduced by greedy NMS with the "+1" pixel convention, and optionally
-cut to ``keep_top_k``. The defaults are the paper's / upstream ``test_widerface.py`` post-processing: score > 0.02,
+every pass gives decoded boxes in original-image pixels, flips undone (``FaceDetector.predict_raw``, i.e.
+:func:`featherface.geometry.postprocess.decode_detections`), all passes are pooled and go through the one
+post-processing step of the API, :func:`featherface.geometry.postprocess.select_detections` (sort, optional
+``top_k``, greedy NMS with the "+1" pixel convention, optional ``keep_top_k``). The defaults are the paper's / upstream ``test_widerface.py`` post-processing: score > 0.02,
 NMS IoU 0.4, no top-k cut.
 
 - :class:`OriginalSize` -- the paper's protocol: one pass at the original size.
@@ -19,52 +20,20 @@ Every protocol has a ``name`` (e.g. ``original-size``, ``longest-side-1024``,
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol as _Protocol
+from typing import Any
+from typing import Protocol as _Protocol
 
 import numpy as np
 
-__all__ = ["TestProtocol", "OriginalSize", "LongestSide", "MultiScaleFlip", "parse_protocol", "merge_detections"]
+from featherface.geometry.postprocess import select_detections
+
+__all__ = ["TestProtocol", "OriginalSize", "LongestSide", "MultiScaleFlip", "parse_protocol"]
 
 
 class _RawDetector(_Protocol):  # pragma: no cover - typing only
     def predict_raw(
         self, image_bgr: np.ndarray, *, scale: float = 1.0, flip: bool = False, score_threshold: float = 0.02
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-
-
-def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    from featherface.geometry.nms import nms_np
-
-    return np.asarray(nms_np(boxes, scores, iou_threshold, pixel_offset=1.0), dtype=np.int64)
-
-
-def merge_detections(
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    *,
-    nms_threshold: float,
-    top_k: int | None = None,
-    keep_top_k: int | None = None,
-    presorted: bool = False,
-) -> np.ndarray:
-    """Candidates -> float64 [N, 5] ``x1, y1, x2, y2, score`` (descending score) after optional top-k, greedy NMS
-    ("+1" convention) and optional keep-top-k.
-
-    As upstream ``test_widerface.py``: candidates are ordered with ``scores.argsort()[::-1]`` unless ``presorted``
-    (one ``predict_raw`` pass is already in that order), and NMS runs on the detector's own dtype (float32)."""
-    boxes = np.asarray(boxes).reshape(-1, 4)
-    scores = np.asarray(scores).reshape(-1)
-    if len(scores) == 0:
-        return np.zeros((0, 5), np.float64)
-    if not presorted:
-        order = scores.argsort()[::-1]
-        boxes, scores = boxes[order], scores[order]
-    if top_k is not None:
-        boxes, scores = boxes[:top_k], scores[:top_k]
-    keep = _nms(boxes, scores, nms_threshold)  # indices of kept boxes, by descending score
-    if keep_top_k is not None:
-        keep = keep[:keep_top_k]
-    return np.concatenate([boxes[keep].astype(np.float64), scores[keep, None].astype(np.float64)], axis=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,25 +70,26 @@ class TestProtocol:
     def detect(self, detector: _RawDetector, image_bgr: np.ndarray) -> np.ndarray:
         """Run the protocol: [N, 5] ``x1, y1, x2, y2, score`` in original-image pixels, descending score."""
         h, w = image_bgr.shape[:2]
-        all_boxes: list[np.ndarray] = []
-        all_scores: list[np.ndarray] = []
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for scale, flip in self.passes(h, w):
-            boxes, scores, _ = detector.predict_raw(
+            boxes, scores, landmarks = detector.predict_raw(
                 image_bgr, scale=float(scale), flip=bool(flip), score_threshold=self.score_threshold
             )
-            all_boxes.append(np.asarray(boxes).reshape(-1, 4))
-            all_scores.append(np.asarray(scores).reshape(-1))
-        single = len(all_boxes) == 1
-        boxes = all_boxes[0] if single else np.concatenate(all_boxes)
-        scores = all_scores[0] if single else np.concatenate(all_scores)
-        return merge_detections(
+            parts.append((np.asarray(boxes).reshape(-1, 4), np.asarray(scores).reshape(-1),
+                          np.asarray(landmarks).reshape(-1, 10)))
+        single = len(parts) == 1
+        boxes, scores, landmarks = parts[0] if single else (np.concatenate([p[i] for p in parts]) for i in range(3))
+        det = select_detections(
             boxes,
             scores,
+            landmarks,
             nms_threshold=self.nms_threshold,
             top_k=self.top_k,
             keep_top_k=self.keep_top_k,
+            # one pass is already by descending score (a re-sort could reorder equal scores)
             presorted=single and bool(np.all(scores[:-1] >= scores[1:])),
         )
+        return np.concatenate([det.boxes.astype(np.float64), det.scores[:, None].astype(np.float64)], axis=1)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Export FeatherFace V1 / V2 to ONNX (TorchScript-based exporter, ``dynamo=False``).
 
 Raw graph (default)
-    input ``input`` float32 ``[batch, 3, height, width]`` = BGR − (104, 117, 123) (see :func:`featherface.api.preprocess`);
+    input ``input`` float32 ``[batch, 3, height, width]`` as the model's :class:`~featherface.preprocessing.Preprocessing`
+    says (default BGR − (104, 117, 123); see :func:`featherface.preprocessing.preprocess`);
     outputs ``boxes [batch, anchors, 4]``, ``logits [batch, anchors, 2]``, ``landmarks [batch, anchors, 10]`` — the
     :class:`~featherface.models.outputs.DetectionOutput` of the PyTorch model, all four axes dynamic.
 
@@ -17,8 +18,9 @@ would freeze; during export it is replaced by an equivalent shape-agnostic form 
 first row / column when that size is even), so V1 exports with dynamic height and width too.
 
 Metadata (``metadata_props``): ``featherface_version``, ``model_name``, ``model_config`` (JSON), ``anchors`` (JSON:
-steps, min_sizes, variances, order), ``preprocessing`` (JSON: colour order, mean, std, layout), ``outputs`` and
-``postprocess`` (``none`` or JSON of its settings).
+the model's :class:`~featherface.geometry.anchors.AnchorSpec` -- steps, min_sizes, variances, clip -- and the order),
+``preprocessing`` (JSON: :meth:`~featherface.preprocessing.Preprocessing.to_dict` -- color_order, mean, std -- plus
+layout notes), ``outputs`` and ``postprocess`` (``none`` or JSON of its settings).
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ from torch import Tensor, nn
 from featherface import __version__
 from featherface.errors import FeatherFaceError
 from featherface.fsutil import atomic_path
+from featherface.geometry.anchors import anchor_spec_of
+from featherface.preprocessing import DEFAULT_PREPROCESSING
 
 __all__ = ["DEFAULT_OPSET", "export_onnx", "export_friendly", "onnx_metadata", "check_parity", "RAW_OUTPUTS"]
 
 DEFAULT_OPSET = 17
 RAW_OUTPUTS = ("boxes", "logits", "landmarks")
-MEAN_BGR = (104.0, 117.0, 123.0)
 
 
 def _maxpool_same_dynamic(self, x: Tensor) -> Tensor:
@@ -116,20 +119,21 @@ def _config_dict(model: nn.Module) -> dict[str, Any]:
 
 def onnx_metadata(model: nn.Module, postprocess: dict[str, Any] | None = None) -> dict[str, str]:
     cfg = _config_dict(model)
+    spec = anchor_spec_of(model)
     anchors = {
-        "steps": cfg.get("steps", [8, 16, 32]),
-        "min_sizes": cfg.get("min_sizes", [[16, 32], [64, 128], [256, 512]]),
-        "variances": cfg.get("variances", [0.1, 0.2]),
-        "order": "level (stride 8, 16, 32) -> row -> column -> min_size; (cx, cy, w, h) normalised by W, H; "
-                 "grid ceil(H/s) x ceil(W/s), centre ((j+0.5)s/W, (i+0.5)s/H)",
+        **spec.to_dict(),
+        "order": "level (strides " + ", ".join(str(s) for s in spec.steps) + ") -> row -> column -> min_size; "
+                 "(cx, cy, w, h) normalised by W, H; grid ceil(H/s) x ceil(W/s), centre ((j+0.5)s/W, (i+0.5)s/H)"
+                 + ("; clamped to [0, 1]" if spec.clip else ""),
     }
+    pre = getattr(model, "preprocessing", None) or DEFAULT_PREPROCESSING
     meta = {
         "featherface_version": __version__,
         "model_name": str(getattr(model, "model_name", type(model).__name__)),
         "model_config": json.dumps(cfg, sort_keys=True),
         "anchors": json.dumps(anchors),
-        "preprocessing": json.dumps({"color": "BGR", "mean": list(MEAN_BGR), "std": [1.0, 1.0, 1.0],
-                                     "layout": "NCHW float32, 0-255 minus mean", "resize": "any size"}),
+        "preprocessing": json.dumps({**pre.to_dict(), "layout": "NCHW float32, (0-255 - mean) / std",
+                                     "resize": "any size"}),
         "postprocess": "none" if postprocess is None else json.dumps(postprocess, sort_keys=True),
     }
     if postprocess is None:

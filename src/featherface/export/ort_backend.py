@@ -5,8 +5,9 @@ pool uses every core, which thrashes when several processes share a CPU), one in
 and ``ORT_ENABLE_ALL`` graph optimisation.
 
 :class:`OrtModel` is callable like the PyTorch model (``model(x [B,3,H,W] Tensor) -> DetectionOutput``) and carries
-``config`` (steps, min_sizes, variances from the file's metadata) and ``model_name``, so
-``FaceDetector(path.onnx, backend="onnxruntime")`` reuses the PyTorch backend's decoding and NMS unchanged.
+``anchor_spec`` (:class:`~featherface.geometry.anchors.AnchorSpec`) and ``preprocessing``
+(:class:`~featherface.preprocessing.Preprocessing`) read from the file's metadata, and ``model_name``, so
+``FaceDetector(path.onnx, backend="onnxruntime")`` reuses the PyTorch backend's pre-processing, decoding and NMS.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
 from featherface.errors import FeatherFaceError
+from featherface.geometry.anchors import AnchorSpec
+from featherface.preprocessing import Preprocessing
 
 __all__ = ["make_session", "read_metadata", "OrtModel"]
 
@@ -79,12 +81,12 @@ class OrtModel:
                                    "FaceDetector needs a raw export (featherface export without --with-postprocess)")
         if outputs[:3] != ["boxes", "logits", "landmarks"]:
             raise FeatherFaceError(f"{self.path}: outputs {outputs} are not FeatherFace's boxes/logits/landmarks")
-        anchors = json.loads(meta.get("anchors", "{}") or "{}")
-        self.config = SimpleNamespace(
-            steps=tuple(anchors.get("steps", (8, 16, 32))),
-            min_sizes=tuple(tuple(m) for m in anchors.get("min_sizes", ((16, 32), (64, 128), (256, 512)))),
-            variances=tuple(anchors.get("variances", (0.1, 0.2))),
-        )
+        try:
+            self.anchor_spec = AnchorSpec.from_dict(json.loads(meta["anchors"]))
+            self.preprocessing = Preprocessing.from_dict(json.loads(meta.get("preprocessing", "{}") or "{}"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FeatherFaceError(f"{self.path}: no usable featherface metadata (anchors / preprocessing: {exc}); "
+                                   "export it with `featherface export`") from None
         self.model_name = meta.get("model_name", "onnx") + " (onnxruntime)"
         self.metadata = meta
         self.input_name = self.session.get_inputs()[0].name

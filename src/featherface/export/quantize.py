@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from featherface.errors import FeatherFaceError
+from featherface.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
 
 __all__ = ["FLOAT_GROUPS", "DEFAULT_FLOAT_GROUPS", "float_nodes", "quantize_int8", "onnx_ap", "calibration_images",
            "quantize_report"]
@@ -38,18 +39,19 @@ def calibration_images(folder: str | os.PathLike, n: int, seed: int = 0) -> list
     return [paths[i] for i in sorted(idx)]
 
 
-def _prepare(image: Any, calib_size: int | None, square: bool = False) -> np.ndarray:
+def _prepare(image: Any, calib_size: int | None, square: bool = False,
+             preprocessing: Preprocessing = DEFAULT_PREPROCESSING) -> np.ndarray:
     """``[1, 3, h, w]`` network input; ``square``: zero-padded (= mean colour) to ``calib_size``² at bottom/right,
     because ORT's histogram calibrators stack the activations of all calibration inputs and need one shape."""
     import cv2
 
-    from featherface.api import preprocess
+    from featherface.preprocessing import preprocess
 
     img = cv2.imread(str(image)) if isinstance(image, (str, os.PathLike)) else np.asarray(image)
     if img is None:
         raise FeatherFaceError(f"cannot read calibration image {image}")
     scale = 1.0 if calib_size is None else float(calib_size) / max(img.shape[:2])
-    x = preprocess(img, scale)[None]
+    x = preprocess(img, scale, preprocessing=preprocessing)[None]
     if square:
         if calib_size is None:
             raise FeatherFaceError("histogram calibration needs a fixed --calib-size")
@@ -107,7 +109,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ima
         raise FeatherFaceError(f"unknown calibration method {method!r}; known: {', '.join(methods)}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    batches = [_prepare(im, calib_size, square=(method != "minmax")) for im in images]
+    pre = _file_preprocessing(fp32_path)
+    batches = [_prepare(im, calib_size, square=(method != "minmax"), preprocessing=pre) for im in images]
     if not batches:
         raise FeatherFaceError("quantization needs at least one calibration image")
 
@@ -137,6 +140,19 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ima
                                          "calibration_images": str(len(batches)), "calibration_method": method,
                                          "float_groups": ",".join(keep_float)})
     return out_path
+
+
+def _file_preprocessing(path: Path) -> Preprocessing:
+    """The ``preprocessing`` metadata of an exported file (the default for files without it)."""
+    import json
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    try:
+        return Preprocessing.from_dict(json.loads(meta.get("preprocessing", "{}") or "{}"))
+    except (TypeError, ValueError) as exc:
+        raise FeatherFaceError(f"{path}: invalid preprocessing metadata: {exc}") from None
 
 
 def _sampling_path_nodes(path: Path) -> list[str]:

@@ -5,7 +5,8 @@ Conventions (every function states its own):
 * ``xyxy``: ``(x1, y1, x2, y2)`` corners; ``cxcywh``: ``(cx, cy, w, h)`` centre and size.
 * Anchors are ``Tensor[A, 4]`` in ``cxcywh``, normalised to ``[0, 1]`` by image width/height
   (see :func:`featherface.geometry.anchors.make_anchors`).
-* Regression offsets use the SSD/RetinaFace parametrisation with ``VARIANCES = (0.1, 0.2)``.
+* Regression offsets use the SSD/RetinaFace parametrisation with the variances of the model's
+  :class:`~featherface.geometry.anchors.AnchorSpec` (``VARIANCES``: those of :data:`~featherface.geometry.anchors.DEFAULT_ANCHORS`).
 * IoU here uses the continuous convention (area = w * h); the "+1 pixel" convention only exists in NMS
   (:mod:`featherface.geometry.nms`).
 """
@@ -18,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+from featherface.geometry.anchors import DEFAULT_ANCHORS
 
 __all__ = [
     "VARIANCES",
@@ -32,8 +35,9 @@ __all__ = [
     "decode_landmarks",
 ]
 
-#: Variances ``(v_centre, v_size)`` of the box / landmark parametrisation (``cfg_mnet['variance']``).
-VARIANCES: tuple[float, float] = (0.1, 0.2)
+#: Default variances ``(v_centre, v_size)`` of the box / landmark parametrisation (``cfg_mnet['variance']``);
+#: models carry their own in their :class:`~featherface.geometry.anchors.AnchorSpec`.
+VARIANCES: tuple[float, float] = DEFAULT_ANCHORS.variances
 
 #: Upper clamp of ``loc[..., 2:] * v_size`` before ``exp`` in :func:`decode_boxes`: a box at most 10,000x its anchor.
 #: Far beyond any real face (so reference decodes are unchanged), it only keeps ``exp`` finite in float32.

@@ -23,9 +23,12 @@ Tie order (equal scores):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
 
 __all__ = ["nms", "nms_np"]
 
@@ -209,6 +212,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, pixel_offset: fl
     Returns:
         ``LongTensor[K]`` on ``boxes.device``: kept indices by descending score, ties by ascending index.
     """
+    import torch
+
     _check(tuple(boxes.shape), tuple(scores.shape))
     if boxes.dtype not in (torch.float32, torch.float64):
         boxes = boxes.float()

@@ -1,24 +1,40 @@
-"""From raw head outputs to face detections: the upstream WIDER test pipeline.
+"""Post-processing: the one place where raw head outputs become face detections.
 
-Steps (``test_widerface.py`` of the reference, with its optional ``top_k`` / ``keep_top_k`` made to work):
-decode boxes and landmarks against the anchors, scale to pixels of the network input and divide by ``scale``;
-score = ``softmax(logits)[:, 1]``; keep scores ``> score_threshold`` (strict); sort by descending score with
-``scores.argsort()[::-1]``; optional ``top_k`` cut; greedy NMS with the "+1" pixel convention; optional
-``keep_top_k`` cut. Arithmetic is float32 in the reference's order, so the upstream detections are reproduced.
+Two steps, used by :class:`featherface.api.FaceDetector` (and so by every eval protocol, the ONNX Runtime backend and
+the CLI), by :mod:`featherface.eval.protocols` (several passes, flipped ones included, merged) and by the tests:
+
+1. :func:`decode_detections` -- one network pass: ``score = softmax(logits)[:, 1]``; keep ``score >
+   score_threshold`` (strict); decode boxes and landmarks of those candidates against the anchors (variances of the
+   :class:`~featherface.geometry.anchors.AnchorSpec`); scale to pixels of the original image (network-input pixels
+   divided by ``scale``); undo a horizontal flip (boxes mirrored, landmark pairs swapped); sort by descending score
+   with ``scores.argsort()[::-1]`` (the upstream order, ties as NumPy's quicksort gives them).
+2. :func:`select_detections` -- candidates (one pass or several pooled): sort (unless already sorted) → optional
+   ``top_k`` cut → greedy NMS with the upstream "+1" pixel convention (:data:`NMS_PIXEL_OFFSET`) → optional
+   ``keep_top_k`` cut.
+
+:func:`postprocess` is both steps for one pass. The in-graph version for ONNX exports is
+:mod:`featherface.export.postprocess_graph` (same decoding code, ONNX ``NonMaxSuppression`` with the same "+1" IoU).
+Arithmetic is float32 in a fixed order, so results are reproducible bit for bit. Importing this module does not import
+torch (only :func:`decode_detections` / :func:`postprocess` need it).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from featherface.geometry.boxes import VARIANCES, decode_boxes, decode_landmarks
+from featherface.geometry.landmarks import mirror_points
 from featherface.geometry.nms import nms_np
 
-__all__ = ["Detections", "postprocess", "postprocess_batch"]
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+__all__ = ["NMS_PIXEL_OFFSET", "Detections", "decode_detections", "select_detections", "postprocess",
+           "postprocess_batch"]
+
+#: The NMS IoU convention of every path (upstream ``py_cpu_nms``): box sides are ``x2 - x1 + 1``.
+NMS_PIXEL_OFFSET: float = 1.0
 
 
 class Detections(NamedTuple):
@@ -36,11 +52,104 @@ class Detections(NamedTuple):
     landmarks: np.ndarray
 
 
+def _empty() -> Detections:
+    return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 10), np.float32))
+
+
 def _check_shapes(loc: Tensor, logits: Tensor, landmarks: Tensor, anchors: Tensor) -> None:
     a = anchors.shape[0]
     for name, t, k in (("loc", loc, 4), ("logits", logits, 2), ("landmarks", landmarks, 10), ("anchors", anchors, 4)):
         if t.ndim != 2 or t.shape != (a, k):
             raise ValueError(f"{name} must be Tensor[A={a}, {k}], got shape {tuple(t.shape)}")
+
+
+def decode_detections(
+    loc: Tensor,
+    logits: Tensor,
+    landmarks: Tensor,
+    anchors: Tensor,
+    input_size: Sequence[int],
+    *,
+    variances: Sequence[float],
+    score_threshold: float = 0.02,
+    scale: float = 1.0,
+    flip: bool = False,
+) -> Detections:
+    """Candidates of one network pass (step 1 of the module docstring), before NMS.
+
+    Args:
+        loc, logits, landmarks: ``Tensor[A, 4]``, ``Tensor[A, 2]``, ``Tensor[A, 10]`` head outputs of one image.
+        anchors: ``Tensor[A, 4]`` ``cxcywh`` normalised, for ``input_size``.
+        input_size: ``(height, width)`` of the network input in pixels.
+        variances: the anchor spec's ``(v_centre, v_size)``.
+        score_threshold: keep ``score > score_threshold``.
+        scale: resize factor from the original image to the network input (pixels are divided by it).
+        flip: the network input was the mirrored image; boxes and landmarks are mirrored back.
+
+    Returns:
+        :class:`Detections` in original-image pixels, by descending score.
+    """
+    import torch
+
+    from featherface.geometry.boxes import decode_boxes, decode_landmarks
+
+    _check_shapes(loc, logits, landmarks, anchors)
+    h, w = (int(v) for v in input_size)
+    with torch.no_grad():
+        scores_t = torch.softmax(logits.detach().float(), dim=-1)[:, 1]
+        keep = scores_t > score_threshold
+        if not bool(keep.any()):
+            return _empty()
+        anchors_k = anchors[keep]
+        boxes_t = decode_boxes(loc.detach()[keep], anchors_k, variances)
+        points_t = decode_landmarks(landmarks.detach()[keep], anchors_k, variances)
+        sx, sy = w / scale, h / scale  # normalised -> original pixels
+        boxes = (boxes_t * torch.tensor([sx, sy, sx, sy], device=boxes_t.device)).cpu().numpy()
+        points = (points_t * torch.tensor([sx, sy] * 5, device=points_t.device)).cpu().numpy()
+        scores = scores_t[keep].cpu().numpy()
+    if flip:
+        width = w / scale
+        boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+        points = mirror_points(points, width)
+    order = scores.argsort()[::-1]  # upstream ordering (ties as numpy's quicksort gives them)
+    return Detections(boxes[order].astype(np.float32), scores[order].astype(np.float32),
+                      points[order].astype(np.float32))
+
+
+def select_detections(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    landmarks: np.ndarray,
+    *,
+    nms_threshold: float,
+    top_k: int | None = None,
+    keep_top_k: int | None = None,
+    presorted: bool = False,
+) -> Detections:
+    """Step 2 of the module docstring: sort → ``top_k`` → greedy NMS ("+1") → ``keep_top_k``.
+
+    Args:
+        boxes, scores, landmarks: ``[N, 4]``, ``[N]``, ``[N, 10]`` candidates (any order unless ``presorted``).
+        nms_threshold: a box is suppressed by a kept box when their IoU is ``> nms_threshold``.
+        top_k / keep_top_k: optional caps on the candidates before / the detections after NMS.
+        presorted: the candidates are already by descending score (one :func:`decode_detections` pass); they are
+            then not re-sorted (a re-sort could reorder equal scores).
+
+    Returns:
+        :class:`Detections` (arrays in the input dtype), by descending score.
+    """
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    scores = np.asarray(scores).reshape(-1)
+    landmarks = np.asarray(landmarks).reshape(-1, 10)
+    if not presorted and len(scores):
+        order = scores.argsort()[::-1]
+        boxes, scores, landmarks = boxes[order], scores[order], landmarks[order]
+    if top_k is not None:
+        boxes, scores, landmarks = boxes[: int(top_k)], scores[: int(top_k)], landmarks[: int(top_k)]
+    keep = nms_np(boxes, scores, nms_threshold, pixel_offset=NMS_PIXEL_OFFSET)
+    if keep_top_k is not None:
+        keep = keep[: int(keep_top_k)]
+    return Detections(boxes[keep], scores[keep], landmarks[keep])
 
 
 def postprocess(
@@ -50,63 +159,20 @@ def postprocess(
     anchors: Tensor,
     image_size: Sequence[int],
     *,
+    variances: Sequence[float],
     score_threshold: float = 0.02,
     nms_threshold: float = 0.4,
     top_k: int | None = None,
     keep_top_k: int | None = None,
     scale: float = 1.0,
-    variances: Sequence[float] = VARIANCES,
+    flip: bool = False,
 ) -> Detections:
-    """Decode, threshold, sort and NMS the outputs of one image.
-
-    Args:
-        loc: ``Tensor[A, 4]`` box-head outputs.
-        logits: ``Tensor[A, 2]`` class logits (background, face).
-        landmarks: ``Tensor[A, 10]`` landmark-head outputs.
-        anchors: ``Tensor[A, 4]`` ``cxcywh`` normalised, from ``make_anchors(image_size)``.
-        image_size: ``(height, width)`` of the network input in pixels.
-        score_threshold: keep ``score > score_threshold``.
-        nms_threshold: greedy NMS IoU threshold ("+1" convention).
-        top_k: keep at most this many best-scoring candidates before NMS (``None``: all, as upstream).
-        keep_top_k: keep at most this many detections after NMS (``None``: all, as upstream).
-        scale: resize factor applied to the original image before the network (pixels are divided by it).
-        variances: box / landmark parametrisation.
-
-    Returns:
-        :class:`Detections` in original-image pixels.
-    """
-    _check_shapes(loc, logits, landmarks, anchors)
-    height, width = (int(v) for v in image_size)
-    with torch.no_grad():
-        dev = loc.device
-        # Threshold first, then decode only the candidates (at 640×480 typically tens of 12,600 anchors).
-        dtype = torch.promote_types(loc.dtype, anchors.dtype)  # the decoded boxes' dtype, as before
-        scores = torch.softmax(logits.detach().to(dtype), dim=-1)[:, 1]
-        cand = torch.nonzero(scores > score_threshold).squeeze(1)
-        loc_c, lm_c, anchors_c = loc.detach()[cand], landmarks.detach()[cand], anchors[cand]
-        boxes = decode_boxes(loc_c, anchors_c, variances)
-        box_scale = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=dev)
-        boxes = boxes * box_scale / scale
-        points = decode_landmarks(lm_c, anchors_c, variances)
-        point_scale = torch.tensor([width, height] * 5, dtype=points.dtype, device=dev)
-        points = points * point_scale / scale
-        scores = scores[cand]
-    boxes_np = boxes.cpu().numpy()
-    points_np = points.cpu().numpy()
-    scores_np = scores.cpu().numpy()
-
-    order = scores_np.argsort()[::-1]
-    if top_k is not None:
-        order = order[: int(top_k)]
-    boxes_np, points_np, scores_np = boxes_np[order], points_np[order], scores_np[order]
-    keep = nms_np(boxes_np, scores_np, nms_threshold, pixel_offset=1.0)
-    if keep_top_k is not None:
-        keep = keep[: int(keep_top_k)]
-    return Detections(
-        boxes=np.ascontiguousarray(boxes_np[keep]),
-        scores=np.ascontiguousarray(scores_np[keep]),
-        landmarks=np.ascontiguousarray(points_np[keep]),
-    )
+    """:func:`decode_detections` then :func:`select_detections` for one image (``image_size`` = network input
+    ``(height, width)``); the defaults are upstream ``test_widerface.py``'s (score > 0.02, NMS 0.4, no caps)."""
+    cand = decode_detections(loc, logits, landmarks, anchors, image_size, variances=variances,
+                             score_threshold=score_threshold, scale=scale, flip=flip)
+    det = select_detections(*cand, nms_threshold=nms_threshold, top_k=top_k, keep_top_k=keep_top_k, presorted=True)
+    return Detections(*(np.ascontiguousarray(a) for a in det))
 
 
 def postprocess_batch(
@@ -117,7 +183,7 @@ def postprocess_batch(
     image_size: Sequence[int],
     *,
     scale: float | Sequence[float] = 1.0,
-    **kwargs,
+    **kwargs: Any,
 ) -> list[Detections]:
     """:func:`postprocess` for each image of a batch.
 
@@ -125,7 +191,7 @@ def postprocess_batch(
         loc, logits, landmarks: ``Tensor[B, A, 4]``, ``Tensor[B, A, 2]``, ``Tensor[B, A, 10]``.
         anchors: ``Tensor[A, 4]`` shared by the batch (all inputs are ``image_size``).
         scale: one factor for the batch or one per image.
-        **kwargs: forwarded to :func:`postprocess` (thresholds, ``top_k``, ``keep_top_k``).
+        **kwargs: forwarded to :func:`postprocess` (``variances``, thresholds, ``top_k``, ``keep_top_k``).
 
     Returns:
         ``B`` :class:`Detections`.

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from featherface.models.blocks import (CBAM, SSH, BiFPNCell, ChannelShuffleBlock, MobileNetV1Body, apply_level_heads,
                                       make_level_heads)
-from featherface.models.outputs import DetectionOutput
+from featherface.geometry.anchors import DEFAULT_ANCHORS, AnchorSpec
+from featherface.models.outputs import DetectionOutput, check_anchor_layout
 from featherface.models.registry import register_model
 
 __all__ = ["FeatherFaceV1Config", "FeatherFaceV1"]
@@ -22,9 +23,18 @@ class FeatherFaceV1Config:
 
     channels: int = 64
     bifpn_cells: int = 3
-    min_sizes: tuple = ((16, 32), (64, 128), (256, 512))
-    steps: tuple = (8, 16, 32)
-    variances: tuple = (0.1, 0.2)
+    min_sizes: tuple = DEFAULT_ANCHORS.min_sizes
+    steps: tuple = DEFAULT_ANCHORS.steps
+    variances: tuple = DEFAULT_ANCHORS.variances
+    clip: bool = DEFAULT_ANCHORS.clip
+
+    @property
+    def anchor_spec(self) -> AnchorSpec:
+        """The anchor contract of this model (steps, min_sizes, variances, clip)."""
+        return AnchorSpec.from_config(self)
+
+    def __post_init__(self) -> None:
+        check_anchor_layout(self.anchor_spec, "FeatherFaceV1Config")
 
 
 class FeatherFaceV1(nn.Module):
@@ -45,7 +55,7 @@ class FeatherFaceV1(nn.Module):
         self.bif_cbam_2 = CBAM(c)
         self.ssh1, self.ssh2, self.ssh3 = SSH(c, c), SSH(c, c), SSH(c, c)
         self.ssh1_cs, self.ssh2_cs, self.ssh3_cs = ChannelShuffleBlock(c), ChannelShuffleBlock(c), ChannelShuffleBlock(c)
-        self.ClassHead, self.BboxHead, self.LandmarkHead = make_level_heads(c, 3, 2)
+        self.ClassHead, self.BboxHead, self.LandmarkHead = make_level_heads(c, 3, cfg.anchor_spec.anchors_per_cell[0])
 
     def forward_with_features(self, x: Tensor) -> tuple[DetectionOutput, list[Tensor]]:
         """Outputs plus the three neck features fed to the heads (``[B, 64, H/s, W/s]``, s = 8, 16, 32)."""

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from featherface.models.blocks import (CBAM, SSH, BiFPNCell, BiFPNLightCell, CBAMManager, ChannelShuffleLight,
                                       MobileNetV1Body, SharedMultiHead, SSHGrouped)
-from featherface.models.outputs import DetectionOutput
+from featherface.geometry.anchors import DEFAULT_ANCHORS, AnchorSpec
+from featherface.models.outputs import DetectionOutput, check_anchor_layout as _check_anchor_layout
 from featherface.models.registry import register_model
 
 __all__ = ["FeatherFaceV2Config", "FeatherFaceV2"]
@@ -52,13 +53,19 @@ class FeatherFaceV2Config:
     attention: str = "cbam_plus"
     dropblock_prob: float = 0.0
     dropblock_size: int = 3
-    min_sizes: tuple = ((16, 32), (64, 128), (256, 512))
-    steps: tuple = (8, 16, 32)
-    variances: tuple = (0.1, 0.2)
+    min_sizes: tuple = DEFAULT_ANCHORS.min_sizes
+    steps: tuple = DEFAULT_ANCHORS.steps
+    variances: tuple = DEFAULT_ANCHORS.variances
     ssh_channels: int | None = None
     ssh_hidden: tuple | None = None
     shuffle_hidden: int | None = None
     head_channels: int | None = None
+    clip: bool = DEFAULT_ANCHORS.clip
+
+    @property
+    def anchor_spec(self) -> AnchorSpec:
+        """The anchor contract of this model (steps, min_sizes, variances, clip)."""
+        return AnchorSpec.from_config(self)
 
     @property
     def ssh_width(self) -> int:
@@ -74,6 +81,7 @@ class FeatherFaceV2Config:
                                       ("neck", self.neck, _NECK_KINDS), ("attention", self.attention, _ATTENTION_KINDS)):
             if value not in allowed:
                 raise ValueError(f"FeatherFaceV2Config.{field} must be one of {allowed}, got {value!r}")
+        _check_anchor_layout(self.anchor_spec, "FeatherFaceV2Config")
         if self.bifpn_cells < 1:
             raise ValueError(f"FeatherFaceV2Config.bifpn_cells must be >= 1, got {self.bifpn_cells}")
         if not 0.0 <= self.dropblock_prob < 1.0:
@@ -133,7 +141,7 @@ class FeatherFaceV2(nn.Module):
         self.ssh1_cs, self.ssh2_cs, self.ssh3_cs = (ChannelShuffleLight(s, cfg.ssh_groups, cfg.shuffle_hidden, hc)
                                                     for _ in range(3))
         n_heads = 3 if cfg.head == "per_level" else 1
-        self.shared_heads = nn.ModuleList(SharedMultiHead(hc, 2, trunk=(cfg.head == "shared_trunk"))
+        self.shared_heads = nn.ModuleList(SharedMultiHead(hc, cfg.anchor_spec.anchors_per_cell[0], trunk=(cfg.head == "shared_trunk"))
                                           for _ in range(n_heads))
 
     def _attention(self, channels: dict[str, int], shared: bool) -> nn.Module:

@@ -1,5 +1,8 @@
 """A small registry of model builders: ``build_model("featherface_v2", bifpn_cells=3)``.
 
+A built model carries ``model_name``, ``config`` (its dataclass, whose ``anchor_spec`` is the anchor contract) and
+``preprocessing`` (:class:`featherface.preprocessing.Preprocessing`, the input contract).
+
 Builders are registered once under a unique name together with their config dataclass; unknown names raise with the
 list of known ones, and unknown config keys are refused.
 """
@@ -75,9 +78,12 @@ def build_model(name: str, config: Any = None, **overrides: Any) -> nn.Module:
         config = dataclasses.replace(config, **overrides)
     if not isinstance(config, entry.config_cls):
         raise FeatherFaceError(f"model {name!r} needs a {entry.config_cls.__name__}, got {type(config).__name__}")
+    from featherface.preprocessing import DEFAULT_PREPROCESSING
+
     model = entry.builder(config)
     model.model_name = name
     model.config = config
+    model.preprocessing = DEFAULT_PREPROCESSING  # what the input must be; a checkpoint's own record replaces it
     return model
 
 

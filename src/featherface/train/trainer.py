@@ -46,7 +46,6 @@ from featherface.checkpoint import (
     load_state_dict_strict,
 )
 from featherface.errors import FeatherFaceError
-from featherface.geometry.anchors import make_anchors
 from featherface.models.fused_norm import fuse_batchnorm_activation
 from featherface.models.registry import build_model
 from featherface.train.config import TrainConfig, config_from_dict, config_to_dict
@@ -312,7 +311,8 @@ class Trainer:
                     raise FeatherFaceError(f"freeze_backbone with a teacher shares one backbone, but the student's "
                                            f"differs from the teacher's in {len(differ)} tensors ({differ[0]}, ...)")
 
-        self.criterion = DetectionLoss(variances=tuple(self.model.config.variances))
+        self.anchor_spec = self.model.config.anchor_spec  # the model's anchor contract: loss, anchors, eval
+        self.criterion = DetectionLoss(variances=self.anchor_spec.variances)
         self.distill = None
         if self.teacher is not None:
             d = cfg.distill
@@ -339,7 +339,7 @@ class Trainer:
             raise FeatherFaceError(f"no training batch: {len(self.dataset)} images for batch size "
                                    f"{cfg.data.batch_size} with drop_last")
         s = cfg.data.image_size
-        self.anchors = make_anchors((s, s), self.model.config.steps, self.model.config.min_sizes, device=self.device)
+        self.anchors = self.anchor_spec.anchors((s, s), device=self.device)
 
         # optimisation
         params = [p for p in self.step_module.parameters() if p.requires_grad]
@@ -392,7 +392,8 @@ class Trainer:
         transform = TrainTransform(image_size=d.image_size, crop_scales=tuple(float(c) for c in d.crop_scales),
                                    distort=d.distort, min_face_size=d.min_face_size,
                                    small_faces_ignored=d.small_faces_ignored, mixup_prob=d.mixup_prob,
-                                   mixup_alpha=d.mixup_alpha, cutmix_prob=d.cutmix_prob)
+                                   mixup_alpha=d.mixup_alpha, cutmix_prob=d.cutmix_prob,
+                                   preprocessing=self.model.preprocessing)
         base = WiderFaceDataset(d.train_labels, d.train_images, transform=transform, seed=self.cfg.seed,
                                 verbose=self.is_main, drop_invalid=not d.ignore_invalid,
                                 use_pseudo_landmarks=d.use_pseudo_landmarks)

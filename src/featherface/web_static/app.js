@@ -216,7 +216,7 @@ async function main() {
   ort.env.wasm.numThreads = threads;
   wireControls(config);
   const t0 = performance.now();
-  state.detector = await FeatherFaceDetector.create(ort, config.model);
+  state.detector = await FeatherFaceDetector.create(ort, config.model, { preprocessing: config.metadata?.preprocessing });
   state.config = config;
   state.threads = threads;
   $("model-line").textContent = `Model ${config.model_name} (${config.model_file}) loaded in ${(performance.now() - t0).toFixed(0)} ms \u2014 ` +

@@ -1,11 +1,14 @@
-// FeatherFace in the browser: pre-processing identical to featherface.api (Python) and the ONNX Runtime Web call.
+// FeatherFace in the browser: pre-processing identical to featherface.preprocessing (Python) and the ONNX Runtime Web call.
 // No DOM beyond canvases; embed it in another app with  import { FeatherFaceDetector } from "./featherface.js".
 //
 // Model: `featherface export CHECKPOINT -o model.onnx --with-postprocess`
-//   inputs  input [1, 3, H, W] float32 = BGR - (104, 117, 123), score_threshold [1] float32, iou_threshold [1] float32
+//   inputs  input [1, 3, H, W] float32 = (pixels in the model's colour order - mean) / std (its "preprocessing"
+//           metadata; default BGR - (104, 117, 123)), score_threshold [1] float32, iou_threshold [1] float32
 //   outputs boxes [N, 4] (x1, y1, x2, y2, network-input pixels), scores [N], landmarks [N, 10], batch_index [N] int64
 
-export const MEAN_BGR = [104, 117, 123];
+/** featherface.preprocessing.DEFAULT_PREPROCESSING; a model's own record comes from its ONNX metadata. */
+export const DEFAULT_PREPROCESSING = Object.freeze({ color_order: "BGR", mean: [104, 117, 123], std: [1, 1, 1] });
+export const MEAN_BGR = DEFAULT_PREPROCESSING.mean;
 export const LANDMARK_NAMES = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"];
 export const DEFAULT_MAX_SIDE = 2560; // featherface.api.ResizePolicy.max_side
 export const MAX_PIXELS = 50e6; // refuse larger images before decoding them (a 50 MP RGBA bitmap is 200 MB)
@@ -24,21 +27,34 @@ export function scaleFor(height, width, { longestSide = null, maxSide = DEFAULT_
   return scale;
 }
 
-/** Network input size for an image of width x height at `scale` (featherface.api.preprocess). */
+/** Network input size for an image of width x height at `scale` (featherface.preprocessing.resized_size). */
 export function inputSize(width, height, scale) {
   if (scale === 1.0) return [width, height];
   return [Math.max(1, roundHalfEven(width * scale)), Math.max(1, roundHalfEven(height * scale))];
 }
 
-/** RGBA ImageData -> Float32Array [3, H, W] in BGR order minus the mean (featherface.api.preprocess). */
-export function preprocess(imageData) {
+/** A "preprocessing" metadata record (JSON string or object, featherface.preprocessing.Preprocessing.to_dict). */
+export function parsePreprocessing(value) {
+  const v = typeof value === "string" ? JSON.parse(value) : value ?? {};
+  return {
+    color_order: String(v.color_order ?? v.color ?? DEFAULT_PREPROCESSING.color_order).toUpperCase(),
+    mean: (v.mean ?? DEFAULT_PREPROCESSING.mean).map(Number),
+    std: (v.std ?? DEFAULT_PREPROCESSING.std).map(Number),
+  };
+}
+
+/** RGBA ImageData -> Float32Array [3, H, W] in the model's colour order, minus the mean, divided by std
+ * (featherface.preprocessing.preprocess). */
+export function preprocess(imageData, preprocessing = DEFAULT_PREPROCESSING) {
   const { data, width, height } = imageData;
+  const { mean, std } = preprocessing;
+  const src = preprocessing.color_order === "RGB" ? [0, 1, 2] : [2, 1, 0]; // RGBA offset of each input channel
   const plane = width * height;
   const out = new Float32Array(3 * plane);
-  for (let i = 0, p = 0; p < plane; i += 4, p++) {
-    out[p] = data[i + 2] - MEAN_BGR[0]; // B
-    out[plane + p] = data[i + 1] - MEAN_BGR[1]; // G
-    out[2 * plane + p] = data[i] - MEAN_BGR[2]; // R
+  for (let c = 0; c < 3; c++) {
+    const o = c * plane, k = src[c], m = mean[c], s = std[c];
+    if (s === 1) for (let i = k, p = 0; p < plane; i += 4, p++) out[o + p] = data[i] - m;
+    else for (let i = k, p = 0; p < plane; i += 4, p++) out[o + p] = (data[i] - m) / s;
   }
   return out;
 }
@@ -98,8 +114,9 @@ export class FeatherFaceDetector {
    * @param ort           the onnxruntime-web module (import * as ort from "onnxruntime-web")
    * @param modelUrl      URL of an ONNX export made with --with-postprocess
    * @param sessionOptions passed to ort.InferenceSession.create (default: the WASM backend)
+   * @param preprocessing the model's "preprocessing" metadata (string or object; default: DEFAULT_PREPROCESSING)
    */
-  static async create(ort, modelUrl, { sessionOptions = {} } = {}) {
+  static async create(ort, modelUrl, { sessionOptions = {}, preprocessing = null } = {}) {
     const session = await ort.InferenceSession.create(modelUrl, { executionProviders: ["wasm"], graphOptimizationLevel: "all", ...sessionOptions });
     const need = ["input", "score_threshold", "iou_threshold"];
     const missing = need.filter((n) => !session.inputNames.includes(n));
@@ -107,12 +124,13 @@ export class FeatherFaceDetector {
       throw new Error(`The model is not a FeatherFace export with in-graph post-processing (inputs: ${session.inputNames.join(", ")}). ` +
         "Re-export it with `featherface export CHECKPOINT -o model.onnx --with-postprocess`.");
     }
-    return new FeatherFaceDetector(ort, session);
+    return new FeatherFaceDetector(ort, session, parsePreprocessing(preprocessing));
   }
 
-  constructor(ort, session) {
+  constructor(ort, session, preprocessing = DEFAULT_PREPROCESSING) {
     this.ort = ort;
     this.session = session;
+    this.preprocessing = preprocessing;
     this.canvas = null;
   }
 
@@ -127,7 +145,7 @@ export class FeatherFaceDetector {
     const pixels = pixelsAt(source, width, height, scale, this.canvas);
     const ort = this.ort;
     const feeds = {
-      input: new ort.Tensor("float32", preprocess(pixels), [1, 3, pixels.height, pixels.width]),
+      input: new ort.Tensor("float32", preprocess(pixels, this.preprocessing), [1, 3, pixels.height, pixels.width]),
       score_threshold: new ort.Tensor("float32", new Float32Array([scoreThreshold]), [1]),
       iou_threshold: new ort.Tensor("float32", new Float32Array([nmsThreshold]), [1]),
     };
