@@ -1,13 +1,15 @@
 """Checkpoint format, strict loading, upstream converter, teacher check and golden outputs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from featherface.checkpoint import (convert_upstream_state_dict, detect_architecture, load_model, read_checkpoint,
-                                    save_checkpoint)
+from featherface.checkpoint import (ModelSource, convert_upstream, convert_upstream_state_dict, detect_architecture,
+                                    load_any_model, load_model, read_checkpoint, read_state_dict,
+                                    resolve_model_source, save_checkpoint, state_dict_mismatch)
 from featherface.errors import CheckpointError
 from featherface.models import build_model
 from featherface.teacher_check import check_teacher
@@ -47,6 +49,50 @@ def test_converter_handles_wrappers_prefixes_and_thop_buffers():
     clean = convert_upstream_state_dict(messy)
     assert set(clean) == set(sd)
     assert detect_architecture(clean) == "featherface_v1"
+    # ... and says what it did, in order
+    report = convert_upstream(messy)
+    assert report.layout == ["wrapped in 'state_dict'", "'module.' prefixes stripped (DataParallel)",
+                             "2 thop profiler buffers dropped (total_ops/total_params)"]
+    assert report.model_name is None and set(report.state_dict) == set(sd)
+    assert convert_upstream(dict(sd)).layout == [f"plain state dict, {len(sd)} keys"]
+
+
+def test_featherface_checkpoints_report_their_model_and_the_public_loader(tmp_path):
+    model = build_model("featherface_v2", bifpn_cells=1)
+    path = save_checkpoint(tmp_path / "m.pth", model)
+    report = convert_upstream(read_checkpoint(path))
+    assert report.layout == ["featherface checkpoint v1, model featherface_v2"]
+    assert report.model_name == "featherface_v2" and report.model_config["bifpn_cells"] == 1
+    sd = read_state_dict(path)
+    assert not state_dict_mismatch(model, sd)
+    diff = state_dict_mismatch(build_model("featherface_v2"), sd)
+    assert diff and diff.missing and not diff.unexpected
+
+
+def test_one_resolver_for_names_files_onnx_and_the_default(tmp_path, monkeypatch):
+    from featherface.errors import FeatherFaceError
+    from featherface.pretrained import default_weights_path
+
+    assert resolve_model_source(None) == ModelSource("default", path=default_weights_path())
+    assert resolve_model_source("featherface_v2") == ModelSource("name", name="featherface_v2")
+    ckpt = save_checkpoint(tmp_path / "m.pth", build_model("featherface_v2"))
+    assert resolve_model_source(ckpt) == ModelSource("checkpoint", path=ckpt)
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    assert resolve_model_source(tmp_path / "m.onnx").kind == "onnx"
+    monkeypatch.chdir(tmp_path)  # an existing file wins over a model name of the same spelling
+    (tmp_path / "featherface_v1").write_bytes(ckpt.read_bytes())
+    assert resolve_model_source("featherface_v1") == ModelSource("checkpoint", path=Path("featherface_v1"))
+    assert load_any_model("featherface_v1").model_name == "featherface_v2"
+    with pytest.raises(FeatherFaceError, match="unknown model 'featherface_v9'"):
+        resolve_model_source("featherface_v9")
+    assert resolve_model_source("missing/x.pth").kind == "checkpoint"
+    with pytest.raises(CheckpointError, match="not found"):
+        load_any_model("missing/x.pth")
+    with pytest.raises(FeatherFaceError, match="ONNX"):
+        load_any_model(tmp_path / "m.onnx")
+    assert load_any_model("featherface_v2", overrides={"bifpn_cells": 1}).config.bifpn_cells == 1
+    with pytest.raises(FeatherFaceError, match="overrides"):
+        load_any_model(ckpt, overrides={"bifpn_cells": 1})
 
 
 @pytest.mark.parametrize("content,needle", [(b"", "empty"), (b"not a checkpoint at all", "not a readable checkpoint")])

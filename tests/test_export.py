@@ -218,6 +218,9 @@ def test_facedetector_onnxruntime_backend_same_faces(v2_onnx, v2_model, one_torc
     faces = det.detect(img)
     assert len(faces) == len(ref[1])
     assert "onnxruntime" in det.model_name
+    auto = FaceDetector(v2_onnx, num_threads=1, **kw)  # an .onnx file selects the ONNX Runtime backend
+    assert auto.backend == "onnxruntime"
+    np.testing.assert_array_equal(auto.detect_arrays(img).boxes, got.boxes)
 
 
 def test_onnxruntime_backend_errors(v2_pp_onnx, v2_model):

@@ -18,13 +18,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from featherface.checkpoint import load_any_model, resolve_model_source
 from featherface.errors import FeatherFaceError, InputError
 from featherface.geometry.anchors import AnchorSpec, anchor_spec_of
 from featherface.geometry.landmarks import LANDMARK_NAMES
@@ -115,35 +115,13 @@ def torch_threads(threads: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _resolve_model(model: str | os.PathLike | nn.Module | None, device: torch.device) -> nn.Module:
-    from featherface.checkpoint import load_model
-    from featherface.models.registry import build_model, list_models
-
-    if isinstance(model, nn.Module):
-        return model.to(device).eval()
-    if model is None:
-        from featherface.pretrained import default_weights_path
-
-        return load_model(default_weights_path(), map_location=device).to(device)
-    if isinstance(model, str) and model in list_models():
-        import warnings
-
-        warnings.warn(f"FaceDetector({model!r}) builds an untrained network (random weights); pass a checkpoint path "
-                      "for real detections", stacklevel=3)
-        return build_model(model).to(device).eval()
-    path = Path(model)
-    if not path.exists() and not path.suffix and os.sep not in str(model) and "/" not in str(model):
-        raise FeatherFaceError(f"unknown model {str(model)!r}: not a model name ({', '.join(list_models())}) "
-                               "and no such checkpoint file")
-    return load_model(path, map_location=device).to(device)
-
-
 class FaceDetector:
     """Detect faces with a FeatherFace model.
 
     Args:
-        model: a checkpoint path (ours or an upstream FeatherFace V1 file), a registered model name (untrained
-            weights, for testing), an ``nn.Module``, or ``None`` for the bundled default weights.
+        model: a checkpoint path (ours or an upstream FeatherFace V1 file), a raw-output ``.onnx`` export (run with
+            ONNX Runtime), a registered model name (untrained weights, for testing), an ``nn.Module``, or ``None``
+            for the bundled default weights (resolved by :func:`featherface.checkpoint.resolve_model_source`).
         device: torch device for the network.
         score_threshold: faces with a lower probability are dropped.
         nms_threshold: IoU above which the lower-scored of two overlapping boxes is suppressed.
@@ -153,8 +131,9 @@ class FaceDetector:
         num_threads: torch intra-op threads while this detector runs the network (set and restored around each call,
             never changed for the process; ``None`` leaves torch's setting); with ``backend="onnxruntime"`` the
             session's ``intra_op_num_threads`` (``None``: 1).
-        backend: ``"torch"`` (default) or ``"onnxruntime"``: ``model`` is then a raw-output ``.onnx`` file from
-            ``featherface export`` (no ``--with-postprocess``); decoding and NMS are the same Python code.
+        backend: ``None`` (default: ``"onnxruntime"`` for an ``.onnx`` file, else ``"torch"``), ``"torch"`` or
+            ``"onnxruntime"`` (``model`` must then be a raw-output ``.onnx`` file from ``featherface export``, no
+            ``--with-postprocess``); pre-processing, decoding and NMS are the same Python code for both.
         max_pixels: image files (and PIL images) whose decode would exceed this many pixels are refused with an
             :class:`~featherface.errors.InputError` before decoding (default 100 MP; ``None``: no limit). Large
             JPEGs that the resize policy shrinks anyway are decoded at 1/2, 1/4 or 1/8 (results stay in original
@@ -164,7 +143,7 @@ class FaceDetector:
     def __init__(self, model: "str | os.PathLike | nn.Module | None" = None, *, device: str | torch.device = "cpu",
                  score_threshold: float = 0.5, nms_threshold: float = 0.4, resize: Any = None,
                  max_side: int | None = 2560, top_k: int | None = 5000, keep_top_k: int | None = 750,
-                 num_threads: int | None = None, backend: str = "torch",
+                 num_threads: int | None = None, backend: str | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise FeatherFaceError(f"score_threshold must be in [0, 1], got {score_threshold}")
@@ -176,8 +155,11 @@ class FaceDetector:
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral)
                                         or num_threads < 1):
             raise FeatherFaceError(f"num_threads must be an integer >= 1, got {num_threads!r}")
-        if backend not in ("torch", "onnxruntime"):
+        if backend not in (None, "torch", "onnxruntime"):
             raise FeatherFaceError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        source = None if isinstance(model, nn.Module) else resolve_model_source(model)
+        if backend is None:
+            backend = "onnxruntime" if source is not None and source.kind == "onnx" else "torch"
         self.backend = backend
         try:
             self.device = torch.device(device)
@@ -189,14 +171,17 @@ class FaceDetector:
         if problem:
             raise FeatherFaceError(problem)
         if backend == "onnxruntime":
-            if not isinstance(model, (str, os.PathLike)) or Path(model).suffix.lower() != ".onnx":
+            if source is None or source.kind != "onnx":
                 raise FeatherFaceError(f"backend='onnxruntime' needs a path to an .onnx file, got {model!r}")
             from featherface.export.ort_backend import OrtModel
 
-            self.model = OrtModel(model, num_threads=num_threads)
+            self.model = OrtModel(source.path, num_threads=num_threads)
             self.num_threads = None  # the session has its own thread count
         else:
-            self.model = _resolve_model(model, self.device)
+            if isinstance(model, nn.Module):
+                self.model = model.to(self.device).eval()
+            else:
+                self.model = load_any_model(source, map_location=self.device, warn_untrained=True).to(self.device)
             self.num_threads = None if num_threads is None else int(num_threads)
         self.anchor_spec: AnchorSpec = anchor_spec_of(self.model)
         self.preprocessing: Preprocessing = getattr(self.model, "preprocessing", None) or DEFAULT_PREPROCESSING

@@ -12,7 +12,14 @@ by :func:`load_model` (``model.preprocessing``), so the API feeds a model the in
 
 Upstream FeatherFace / RetinaFace files are raw state dicts (sometimes wrapped in ``state_dict`` or
 ``model_state_dict``, sometimes with ``module.`` prefixes and thop's ``total_ops`` / ``total_params`` buffers);
-:func:`convert_upstream_state_dict` normalises them and the model is then loaded **strictly**.
+:func:`convert_upstream` normalises them and says what it did (:class:`ConvertedStateDict`), and the model is then
+loaded **strictly**. :func:`read_state_dict` is the public "any checkpoint file → plain state dict" loader.
+
+**One resolver.** "A registered model name, a checkpoint path, an ONNX file, or nothing (the bundled default
+weights)" is resolved in one place, :func:`resolve_model_source`, with one precedence: nothing → the default
+weights; an existing file → a checkpoint (``.onnx``: an ONNX export); a registered name → an untrained network;
+anything else → a one-line error. :func:`load_any_model` builds the PyTorch model of such a source; the API, the CLI
+commands (detect, eval, export, info, prune, benchmark, data pseudo-label) and the pruning code use it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import pickle
 import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,7 +44,9 @@ from featherface.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "PREPROCESSING", "atomic_save", "save_checkpoint", "read_checkpoint",
-    "convert_upstream_state_dict", "detect_architecture", "load_state_dict_strict", "load_model", "model_to_checkpoint",
+    "ConvertedStateDict", "convert_upstream", "convert_upstream_state_dict", "read_state_dict", "detect_architecture",
+    "KeyMismatch", "state_dict_mismatch", "load_state_dict_strict", "load_model", "model_to_checkpoint",
+    "ModelSource", "resolve_model_source", "load_any_model",
 ]
 
 FORMAT = "featherface"
@@ -171,28 +181,76 @@ def _refusal_detail(exc: BaseException) -> str:
     return detail[:200]
 
 
-def convert_upstream_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """Normalise an upstream checkpoint to a plain state dict: unwrap, strip ``module.``, drop thop buffers."""
+@dataclass
+class ConvertedStateDict:
+    """A normalised state dict and what was done to get it.
+
+    state_dict: plain ``{key: tensor}``, ready for a strict load.
+    layout: one line per normalisation step, in order (``featherface checkpoint v1, model featherface_v2``,
+        ``wrapped in 'state_dict'``, ``'module.' prefixes stripped (DataParallel)``, ``N thop profiler buffers
+        dropped (total_ops/total_params)``, ``N non-tensor entries ignored``; ``plain state dict, N keys`` when
+        nothing was needed).
+    model_name / model_config: what a featherface-format checkpoint says it holds (``None`` for upstream files).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    layout: list[str] = field(default_factory=list)
+    model_name: str | None = None
+    model_config: dict[str, Any] | None = None
+
+
+def convert_upstream(obj: Any) -> ConvertedStateDict:
+    """Normalise a checkpoint object (ours or upstream) to a plain state dict: unwrap, strip ``module.``, drop thop
+    buffers; the result says which of these it did (:class:`ConvertedStateDict`)."""
+    layout: list[str] = []
+    name = config = None
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        name, config = obj.get("model_name"), obj.get("model_config")
+        layout.append(f"featherface checkpoint v{obj.get('format_version')}, model {name}")
         obj = obj["state_dict"]
+    raw_keys = len(obj) if isinstance(obj, Mapping) else 0
     while isinstance(obj, Mapping) and not any(torch.is_tensor(v) for v in obj.values()):
-        inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
-        if inner is None:
+        key = next((k for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if key is None:
             break
-        obj = inner
+        layout.append(f"wrapped in {key!r}")
+        obj = obj[key]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
     out: dict[str, torch.Tensor] = {}
+    prefixed = thop = other = 0
     for key, value in obj.items():
         if not torch.is_tensor(value):
+            other += 1
             continue
         if key.endswith(_THOP_SUFFIXES):
+            thop += 1
             continue
-        key = key[len("module."):] if key.startswith("module.") else key
+        if key.startswith("module."):
+            prefixed += 1
+            key = key[len("module."):]
         out[key] = value
     if not out:
         raise CheckpointError("checkpoint holds no tensors")
-    return out
+    if prefixed:
+        layout.append("'module.' prefixes stripped (DataParallel)")
+    if thop:
+        layout.append(f"{thop} thop profiler buffers dropped (total_ops/total_params)")
+    if other:
+        layout.append(f"{other} non-tensor entries ignored")
+    if not layout:
+        layout.append(f"plain state dict, {raw_keys} keys")
+    return ConvertedStateDict(out, layout, name, dict(config) if isinstance(config, Mapping) else None)
+
+
+def convert_upstream_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """:func:`convert_upstream`'s state dict alone."""
+    return convert_upstream(obj).state_dict
+
+
+def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The plain state dict of any checkpoint file (ours or upstream), read with ``weights_only=True``."""
+    return convert_upstream(read_checkpoint(path, map_location)).state_dict
 
 
 def detect_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -211,13 +269,26 @@ def detect_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
     return "unknown"
 
 
-def _diff_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+@dataclass(frozen=True)
+class KeyMismatch:
+    """How a state dict differs from a model's: keys it lacks, keys the model lacks, keys of another shape."""
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+
+def state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> KeyMismatch:
+    """Compare ``state_dict`` with ``model.state_dict()`` by key and shape (nothing is loaded)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
                   for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    return missing, unexpected, mismatched
+    return KeyMismatch(missing, unexpected, mismatched)
 
 
 def _summarise(label: str, items: list[str], limit: int = 8) -> str:
@@ -229,10 +300,10 @@ def _summarise(label: str, items: list[str], limit: int = 8) -> str:
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load with exact key and shape matching; the error lists missing, unexpected and mis-shaped keys."""
-    missing, unexpected, mismatched = _diff_keys(model, state_dict)
-    if missing or unexpected or mismatched:
-        parts = [p for p in (_summarise("missing keys", missing), _summarise("unexpected keys", unexpected),
-                             _summarise("shape mismatches", mismatched)) if p]
+    diff = state_dict_mismatch(model, state_dict)
+    if diff:
+        parts = [p for p in (_summarise("missing keys", diff.missing), _summarise("unexpected keys", diff.unexpected),
+                             _summarise("shape mismatches", diff.mismatched)) if p]
         raise CheckpointError(f"{source} does not match {getattr(model, 'model_name', type(model).__name__)}: "
                               + "; ".join(parts))
     model.load_state_dict(dict(state_dict), strict=True)
@@ -266,3 +337,68 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
         load_state_dict_strict(model, state_dict, str(path))
     model.eval()
     return model
+
+
+# ------------------------------------------------------------------------------------------------- the resolver
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model argument names. kind: ``default`` (the bundled weights; ``path`` is their file, checked),
+    ``checkpoint`` (``path``), ``onnx`` (``path``, an ONNX export) or ``name`` (``name``: a registered model,
+    untrained weights)."""
+
+    kind: str
+    path: Path | None = None
+    name: str | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.kind == "name" else f"{self.path}"
+
+
+def resolve_model_source(spec: str | os.PathLike | None) -> ModelSource:
+    """Resolve a model argument once, with one precedence for every caller.
+
+    ``None`` or ``""``: the bundled default weights (SHA-256 checked). An existing file: a checkpoint (``.onnx``:
+    an ONNX export). A registered model name (``featherface_v1``, ``featherface_v2``): an untrained network. A
+    path that does not exist: a checkpoint (loading it then says "not found"), unless it looks like a model name
+    (no folder, no suffix), which is a one-line "unknown model" error naming the known ones.
+    """
+    from featherface.models.registry import list_models
+
+    if spec is None or str(spec) == "":
+        from featherface.pretrained import default_weights_path
+
+        return ModelSource("default", path=default_weights_path())
+    text = os.fspath(spec)
+    path = Path(text)
+    if path.is_file():
+        return ModelSource("onnx" if path.suffix.lower() == ".onnx" else "checkpoint", path=path)
+    if text in list_models():
+        return ModelSource("name", name=text)
+    if not path.exists() and not path.suffix and os.sep not in text and "/" not in text:
+        raise FeatherFaceError(f"unknown model {text!r}: not a model name ({', '.join(list_models())}) "
+                               "and no such checkpoint file")
+    return ModelSource("onnx" if path.suffix.lower() == ".onnx" else "checkpoint", path=path)
+
+
+def load_any_model(spec: str | os.PathLike | ModelSource | None, *, map_location: str | torch.device = "cpu",
+                   overrides: Mapping[str, Any] | None = None, warn_untrained: bool = False) -> nn.Module:
+    """The PyTorch model of a model argument (:func:`resolve_model_source`), in eval mode.
+
+    ``overrides``: config fields of a registered name (an error for files). ``warn_untrained``: warn that a name
+    gives random weights. An ONNX file is refused here (run it with ``FaceDetector(path)``, which selects the
+    ONNX Runtime backend for ``.onnx`` files).
+    """
+    source = spec if isinstance(spec, ModelSource) else resolve_model_source(spec)
+    if overrides and source.kind != "name":
+        raise FeatherFaceError(f"config overrides apply to a model name, not to the file {source.path}")
+    if source.kind == "name":
+        assert source.name is not None
+        if warn_untrained:
+            warnings.warn(f"{source.name!r} builds an untrained network (random weights); pass a checkpoint path "
+                          "for real detections", stacklevel=3)
+        return build_model(source.name, **dict(overrides or {})).eval()
+    if source.kind == "onnx":
+        raise FeatherFaceError(f"{source.path}: an ONNX export, not a PyTorch checkpoint (FaceDetector runs it with "
+                               "ONNX Runtime; `featherface export` makes one from a checkpoint)")
+    assert source.path is not None
+    return load_model(source.path, map_location=map_location)

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from featherface.checkpoint import FORMAT, _diff_keys, convert_upstream_state_dict, detect_architecture, read_checkpoint
+from featherface.checkpoint import convert_upstream, detect_architecture, read_checkpoint, state_dict_mismatch
 from featherface.errors import CheckpointError
-from featherface.geometry.anchors import num_anchors
 from featherface.models.registry import build_model, config_from_dict
 
 __all__ = ["TeacherReport", "check_teacher"]
@@ -74,30 +73,13 @@ def check_teacher(path: str | os.PathLike) -> TeacherReport:
     except CheckpointError as exc:
         report.verdict = f"the file cannot be read: {str(exc).split(': ', 1)[-1]}"
         return report
-    config = None
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        report.layout.append(f"featherface checkpoint v{obj.get('format_version')}, model {obj.get('model_name')}")
-        config = obj.get("model_config")
     try:
-        raw_keys = len(obj) if isinstance(obj, dict) else 0
-        state_dict = convert_upstream_state_dict(obj)
+        converted = convert_upstream(obj)
     except CheckpointError as exc:
         report.verdict = str(exc)
         return report
-    if isinstance(obj, dict) and obj.get("format") != FORMAT:
-        inner = obj
-        for k in ("state_dict", "model_state_dict", "model", "net"):
-            if k in inner and isinstance(inner[k], dict):
-                report.layout.append(f"wrapped in {k!r}")
-                inner = inner[k]
-                break
-        if any(k.startswith("module.") for k in inner):
-            report.layout.append("'module.' prefixes stripped (DataParallel)")
-        thop = sum(1 for k in inner if k.endswith(("total_ops", "total_params")))
-        if thop:
-            report.layout.append(f"{thop} thop profiler buffers dropped (total_ops/total_params)")
-        if not report.layout:
-            report.layout.append(f"plain state dict, {raw_keys} keys")
+    report.layout = list(converted.layout)  # what the converter normalised, as it reports it
+    state_dict, config = converted.state_dict, converted.model_config
     report.tensors = sum(v.numel() for v in state_dict.values())
     report.architecture = detect_architecture(state_dict)
     report.parameters = _param_count_from_state_dict(state_dict)
@@ -112,7 +94,8 @@ def check_teacher(path: str | os.PathLike) -> TeacherReport:
         report.verdict = "the keys match no known architecture (expected FeatherFace V1 keys such as bifpn.0.*, ssh1.*)"
         return report
     model = build_model("featherface_v1", config_from_dict("featherface_v1", config) if config else None)
-    report.missing, report.unexpected, report.mismatched = _diff_keys(model, state_dict)
+    diff = state_dict_mismatch(model, state_dict)
+    report.missing, report.unexpected, report.mismatched = diff.missing, diff.unexpected, diff.mismatched
     if report.missing or report.unexpected or report.mismatched:
         report.verdict = (f"keys do not match FeatherFace V1 exactly ({len(report.missing)} missing, "
                           f"{len(report.unexpected)} unexpected, {len(report.mismatched)} mis-shaped)")
@@ -123,7 +106,7 @@ def check_teacher(path: str | os.PathLike) -> TeacherReport:
     with torch.no_grad():
         out = model(torch.randn(1, 3, 640, 640, generator=torch.Generator().manual_seed(0)))
     report.output_shapes = [tuple(t.shape) for t in out]
-    a = num_anchors((640, 640))
+    a = model.config.anchor_spec.num_anchors((640, 640))
     expected = [(1, a, 4), (1, a, 2), (1, a, 10)]
     if report.output_shapes != expected:
         report.verdict = f"output shapes {report.output_shapes} differ from the expected {expected}"

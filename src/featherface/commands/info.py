@@ -37,17 +37,9 @@ def run(args: argparse.Namespace) -> int:
             raise FeatherFaceError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k.strip()] = _parse_value(v.strip())
-    if args.model in list_models():
-        model = build_model(args.model, **overrides)
-    else:
-        from pathlib import Path
+    from featherface.checkpoint import load_any_model
 
-        from featherface.checkpoint import load_model
-
-        if not Path(args.model).exists():
-            raise FeatherFaceError(f"unknown model {args.model!r}: not a model name ({', '.join(list_models())}) "
-                                   "and no such checkpoint file")
-        model = load_model(args.model)
+    model = load_any_model(args.model, overrides=overrides)
     name = getattr(model, "model_name", args.model)
     h, w = args.size
     print(f"{name}" + (f"  (overrides: {overrides})" if overrides else ""))

@@ -85,7 +85,7 @@ def _featherface_entries(args, workdir: Path) -> list[_Entry]:
     import torch
 
     from featherface.api import FaceDetector
-    from featherface.export.cli import _load
+    from featherface.checkpoint import load_any_model
     from featherface.export.onnx_export import export_onnx
     from featherface.export.quantize import DEFAULT_FLOAT_GROUPS, calibration_images, quantize_int8
     from featherface.models.stats import count_macs, count_parameters, thop_convention_params
@@ -93,7 +93,7 @@ def _featherface_entries(args, workdir: Path) -> list[_Entry]:
     out = []
     models = [("FeatherFace V2", args.v2)] + ([("FeatherFace V1", args.v1)] if args.v1 else [])
     for label, spec in models:
-        model = _load(spec)
+        model = load_any_model(spec)
         if not Path(str(spec)).exists():
             _quiet_untrained(model)
         tag = "v2" if "V2" in label else "v1"

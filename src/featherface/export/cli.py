@@ -39,19 +39,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
 
 
-def _load(spec: str):
-    from featherface.checkpoint import load_model
-    from featherface.models import build_model, list_models
-
-    if spec in list_models() and not Path(spec).exists():
-        return build_model(spec).eval()
-    return load_model(spec)
-
-
 def run(args: argparse.Namespace) -> int:
+    from featherface.checkpoint import load_any_model
     from featherface.export.onnx_export import check_parity, export_onnx
 
-    model = _load(args.checkpoint)
+    model = load_any_model(args.checkpoint)
     path = export_onnx(model, args.output, opset=args.opset, with_postprocess=args.with_postprocess,
                        max_detections=args.max_detections, example_size=args.example_size, check=not args.no_check)
     msg = {"output": str(path), "bytes": path.stat().st_size, "opset": args.opset,

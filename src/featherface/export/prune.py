@@ -244,15 +244,9 @@ def prune_v2(model: nn.Module, ratio: float = 0.2) -> tuple[nn.Module, dict[str,
 # ---------------------------------------------------------------------------------------------------------- CLI
 def prune_cli(args: Any) -> dict:
     """``featherface prune``: prune, save, optionally fine-tune (a training config) and save again; the report."""
-    from featherface.checkpoint import load_model, save_checkpoint
+    from featherface.checkpoint import load_any_model, save_checkpoint
 
-    model = load_model(args.checkpoint) if Path(args.checkpoint).exists() else None
-    if model is None:
-        from featherface.models import build_model, list_models
-
-        if args.checkpoint not in list_models():
-            raise FeatherFaceError(f"{args.checkpoint}: no such checkpoint file or model name")
-        model = build_model(args.checkpoint).eval()
+    model = load_any_model(args.checkpoint)
     pruned, summary = prune_v2(model, args.ratio)
     out = Path(args.output)
     summary["source"] = str(args.checkpoint)
@@ -268,9 +262,9 @@ def prune_cli(args: Any) -> dict:
 
 def _finetune(args: Any, pruned: nn.Module, out: Path, summary: dict) -> dict:
     """Train the pruned weights with a training config (its model is replaced by the pruned widths)."""
-    from featherface.checkpoint import load_state_dict_strict, save_checkpoint
+    from featherface.checkpoint import load_state_dict_strict, read_state_dict, save_checkpoint
     from featherface.train.config import config_from_dict, config_to_dict, load_config
-    from featherface.train.trainer import _load_state_dict_any, train
+    from featherface.train.trainer import train
 
     values = config_to_dict(load_config(args.finetune_config))
     values["model"] = "featherface_v2"
@@ -283,7 +277,7 @@ def _finetune(args: Any, pruned: nn.Module, out: Path, summary: dict) -> dict:
     result = train(cfg, progress=not getattr(args, "no_progress", False))
     run_dir = Path(result["run_dir"])
     best = run_dir / "best.pth" if (run_dir / "best.pth").exists() else run_dir / "last.pth"
-    load_state_dict_strict(pruned, _load_state_dict_any(str(best)), str(best))
+    load_state_dict_strict(pruned, read_state_dict(best), str(best))
     pruned.eval()
     epochs = [r for r in result["records"] if r.get("kind") == "epoch"]
     report = {"config": str(args.finetune_config), "epochs": cfg.epochs, "weights": str(best),

@@ -39,11 +39,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from featherface.checkpoint import (
     atomic_save,
-    convert_upstream_state_dict,
     load_model,
+    load_state_dict_strict,
     model_to_checkpoint,
     read_checkpoint,
-    load_state_dict_strict,
+    read_state_dict,
 )
 from featherface.errors import FeatherFaceError
 from featherface.models.fused_norm import fuse_batchnorm_activation
@@ -189,10 +189,6 @@ def _dist_env() -> tuple[int, int, int]:
     return world, rank, local
 
 
-def _load_state_dict_any(path: str) -> dict[str, Tensor]:
-    return convert_upstream_state_dict(read_checkpoint(path))
-
-
 def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
     """The ``extra`` training state of a ``last.pth`` / ``best.pth`` (raises if the file has none)."""
     obj = read_checkpoint(path)
@@ -285,10 +281,10 @@ class Trainer:
         self.backbone_source = None
         if resume is None:
             if cfg.init_weights:
-                load_state_dict_strict(self.model, _load_state_dict_any(cfg.init_weights), str(cfg.init_weights))
+                load_state_dict_strict(self.model, read_state_dict(cfg.init_weights), str(cfg.init_weights))
                 self.backbone_source = f"{cfg.init_weights} (whole model, strict)"
             elif cfg.init_backbone:
-                n = init_backbone_from(self.model, _load_state_dict_any(cfg.init_backbone))
+                n = init_backbone_from(self.model, read_state_dict(cfg.init_backbone))
                 self.backbone_source = f"{cfg.init_backbone} ({n} tensors)"
             elif self.teacher is not None and cfg.distill.init_backbone:
                 n = init_backbone_from(self.model, self.teacher)
