@@ -37,7 +37,7 @@ SETTINGS = [  # (method, calibration images, float groups)
 
 def _ap(model_path: Path, rels: list[str], threads: int) -> tuple[float, float, float]:
     from featherface.eval.protocols import OriginalSize
-    from featherface.export.quantize import onnx_ap
+    from featherface.eval.runner import onnx_ap
 
     ap = onnx_ap(model_path, DATA / "val" / "images", DATA / "val", rels, OriginalSize(), threads)
     return ap["easy"], ap["medium"], ap["hard"]

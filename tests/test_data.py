@@ -323,11 +323,12 @@ def test_dataloader_workers_give_same_items(small_dataset):
         assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(ta, tb))
 
 
-def test_dataset_counts_dropped_boxes(tmp_path, capsys):
+def test_dataset_counts_dropped_boxes(tmp_path, caplog):
     (tmp_path / "label.txt").write_text("# a.png\n1 1 5 5\n2 2 0 4\n30 30 40 40\n1 1 x 1\n# b.png\n")
     make_images(tmp_path / "images", ["a.png", "b.png"], w=50, h=50)
-    ds = WiderFaceDataset(tmp_path / "label.txt", transform=TrainTransform(image_size=16))
-    err = capsys.readouterr().err
+    with caplog.at_level("INFO", logger="featherface.data.dataset"):
+        ds = WiderFaceDataset(tmp_path / "label.txt", transform=TrainTransform(image_size=16))
+    err = caplog.text  # the summary is logged (the command line shows INFO messages on stderr)
     assert "1 unparseable lines" in err and "1 zero-size" in err
     assert ds.stats["faces"] == 2 and ds.stats["dropped_degenerate"] == 1 and ds.stats["bad_lines"] == 1
     assert ds.stats["empty_images"] == 1

@@ -1,11 +1,11 @@
-"""Structured pruning of V2 (featherface.export.prune): exactness on dead channels, widths, save/load/export."""
+"""Structured pruning of V2 (featherface.prune): exactness on dead channels, widths, save/load/export."""
 
 from __future__ import annotations
 
 import torch
 
 from featherface.checkpoint import load_model, save_checkpoint
-from featherface.export.prune import plan_pruning, prune_v2
+from featherface.prune import plan_pruning, prune_v2
 from featherface.models import build_model
 from featherface.models.stats import count_parameters
 

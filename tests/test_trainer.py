@@ -235,7 +235,7 @@ def test_backbone_init_from_checkpoint(tmp_path, tiny):
 
 
 def test_init_weights_loads_the_whole_model_strictly(tmp_path, tiny):
-    from featherface.export.prune import prune_v2
+    from featherface.prune import prune_v2
 
     pruned, _ = prune_v2(build_model("featherface_v2").eval(), 0.2)
     path = save_checkpoint(tmp_path / "pruned.pth", pruned)

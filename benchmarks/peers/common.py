@@ -1,4 +1,4 @@
-"""Shared pieces of the peer-detector adapters used by ``featherface benchmark``.
+"""Shared pieces of the peer-detector adapters used by ``benchmarks/bench_deploy.py``.
 
 Every adapter exposes ``name``, ``files`` (model files, for the size column), ``runtime``, ``params`` (initializer
 values of the ONNX graph, or true parameters for PyTorch), ``macs(h, w)``, ``protocol`` (what the adapter feeds the

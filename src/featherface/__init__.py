@@ -1,6 +1,6 @@
 """FeatherFace: small, fast face detection (V1 teacher, V2 student)."""
 
-__version__ = "0.1.0"
+from featherface.version import __version__
 
 __all__ = ["__version__", "FaceDetector", "Face"]
 

@@ -165,7 +165,7 @@ class FaceDetector:
             self.device = torch.device(device)
         except (RuntimeError, TypeError, ValueError):
             raise FeatherFaceError(f"unknown device {device!r} (use cpu, cuda, cuda:N or mps)") from None
-        from featherface.cliargs import check_device
+        from featherface.devices import check_device
 
         problem = check_device(str(self.device))
         if problem:

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from featherface import __version__
+from featherface.version import __version__
 from featherface.errors import CheckpointError, FeatherFaceError
 from featherface.fsutil import atomic_write
 from featherface.models.registry import build_model, config_from_dict
@@ -102,7 +102,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty (0 bytes)")
     if not callable(map_location) and not isinstance(map_location, dict):
-        from featherface.cliargs import check_device
+        from featherface.devices import check_device
 
         problem = check_device(str(map_location))
         if problem:

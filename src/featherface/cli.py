@@ -3,16 +3,20 @@
 User errors (:class:`featherface.errors.FeatherFaceError`), usage errors (argument values are validated while
 parsing) and operating-system errors on files (``OSError``: full disk, read-only folder, a file where a folder
 should be) print one line and exit 2 (detect: 1 when some inputs failed); ``--debug`` shows the traceback.
+
+Only the subcommand being run is imported and configured: ``featherface --help`` and commands that run no model
+(``eval --predictions``, ``data check``, ``web``) import neither torch nor onnxruntime.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+import logging
 import sys
+from pathlib import Path
 
-from featherface import __version__
+from featherface.version import __version__
 
 # name -> (module, configure function, run function, help)
 _COMMANDS = {
@@ -22,13 +26,11 @@ _COMMANDS = {
                       "check that a checkpoint is a usable FeatherFace V1 teacher"),
     "eval": ("featherface.eval.cli", "configure_parser", "run", "WIDER FACE evaluation (Easy / Medium / Hard AP)"),
     "train": ("featherface.train.cli", "configure_parser", "run", "train V1 or V2 (optionally distilled from a teacher)"),
-    "export": ("featherface.export.cli", "configure_parser", "run", "export a checkpoint to ONNX"),
-    "quantize": ("featherface.export.cli", "configure_quantize_parser", "run_quantize",
+    "export": ("featherface.commands.export", "configure_parser", "run", "export a checkpoint to ONNX"),
+    "quantize": ("featherface.commands.export", "configure_quantize_parser", "run_quantize",
                  "INT8 static quantization (QDQ, per-channel) of an exported ONNX file"),
-    "prune": ("featherface.export.cli", "configure_prune_parser", "run_prune",
+    "prune": ("featherface.commands.export", "configure_prune_parser", "run_prune",
               "structured channel pruning of V2 (SSH, BiFPN, heads) with a short fine-tune"),
-    "benchmark": ("featherface.export.cli", "configure_benchmark_parser", "run_benchmark",
-                  "size, MACs, memory and end-to-end latency of FeatherFace backends and peer detectors"),
     "web": ("featherface.commands.web", "configure_parser", "run",
             "serve the in-browser detector (ONNX Runtime Web) on localhost"),
 }
@@ -41,17 +43,29 @@ _DATA_COMMANDS = {
 }
 
 
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
 def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    """Whether this installation ships ``module`` (a file check: ``find_spec`` would import its parent packages)."""
+    rel = Path(*module.split(".")[1:])
+    return (_PACKAGE_DIR / rel.with_suffix(".py")).is_file() or (_PACKAGE_DIR / rel / "__init__.py").is_file()
 
 
-def _add(sub, name: str, spec: tuple) -> None:
+def _add(sub, name: str, spec: tuple, configure_it: bool) -> None:
     module, configure, run, help_text = spec
     if not _available(module):
         return
     p = sub.add_parser(name, help=help_text, description=help_text)
-    getattr(importlib.import_module(module), configure)(p)
+    if configure_it:  # importing a command's module can be costly (torch): only for the command being run
+        getattr(importlib.import_module(module), configure)(p)
     p.set_defaults(_run=(module, run))
+
+
+def _selected(argv: list[str]) -> list[str]:
+    """The subcommand words of ``argv`` (``["detect"]``, ``["data", "check"]``): the first non-option tokens."""
+    words = [a for a in argv if not a.startswith("-")]
+    return words[:2] if words[:1] == ["data"] else words[:1]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,30 +75,57 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``featherface`` parser. With ``argv``, only the subcommand it names is configured (the others are listed
+    with their help line); without, every subcommand is (slower: imports every command module)."""
+    chosen = None if argv is None else _selected(argv)
     parser = _Parser(prog="featherface", description="FeatherFace face detection.")
     parser.add_argument("--version", action="version", version=f"featherface {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in _COMMANDS.items():
-        _add(sub, name, spec)
+        _add(sub, name, spec, chosen is None or chosen == [name])
     if _available("featherface.data.cli"):
         data = sub.add_parser("data", help="dataset tools (check, preview, pseudo-label)")
         data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
         for name, spec in _DATA_COMMANDS.items():
-            _add(data_sub, name, spec)
+            _add(data_sub, name, spec, chosen is None or chosen == ["data", name])
     return parser
+
+
+class _StderrHandler(logging.Handler):
+    """Library messages as the command line prints them, on the current ``sys.stderr``: INFO plain, WARNING and
+    above as ``warning: ...``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:
+                text = f"{record.levelname.lower()}: {text}"
+            sys.stderr.write(text + "\n")
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _configure_logging(debug: bool) -> None:
+    """Library modules log (``logging.getLogger(__name__)``); the command line shows their INFO+ lines on stderr."""
+    logger = logging.getLogger("featherface")
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
 
 
 def main(argv: list[str] | None = None) -> int:
     from featherface.errors import FeatherFaceError, describe_os_error
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
     module, run = args._run
+    _configure_logging(bool(args.debug))
     try:
         return int(getattr(importlib.import_module(module), run)(args) or 0)
     except FeatherFaceError as exc:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
+
+from featherface.devices import check_device
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
            "open_unit_interval", "open_unit_interval_excl", "percentile", "device", "port", "check_device"]
 
-_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|meta)(:\d+)?")
 
 
 def _int(text: str) -> int:
@@ -80,35 +80,6 @@ def port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number 0..65535 (0: any free port), got {text!r}")
     return value
-
-
-def check_device(text: str) -> str | None:
-    """``None`` when ``text`` names a torch device that exists on this machine, else the reason it cannot be used."""
-    name = str(text).strip().lower()
-    if name == "cpu":
-        return None
-    if not _DEVICE.fullmatch(name):
-        return f"unknown device {text!r} (use cpu, cuda, cuda:N or mps)"
-    import torch
-
-    kind, _, index = name.partition(":")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            return (f"device {text!r} requested but CUDA is not available here (no NVIDIA GPU or driver, or a CPU-only "
-                    "torch build); use --device cpu")
-        if index and int(index) >= torch.cuda.device_count():
-            return f"device {text!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
-    elif kind == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            return f"device {text!r} requested but Apple MPS is not available here; use --device cpu"
-    elif kind == "xpu":
-        xpu = getattr(torch, "xpu", None)
-        if xpu is None or not xpu.is_available():
-            return f"device {text!r} requested but no Intel XPU is available here; use --device cpu"
-    elif kind == "meta":
-        return "device 'meta' holds no data and cannot run a model; use --device cpu"
-    return None
 
 
 def device(text: str) -> str:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 
 from featherface.cliargs import positive_int
-from featherface.models.registry import build_model, list_models
-from featherface.models.stats import count_macs, count_parameters, parameter_table, thop_convention_params
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help=f"a model name ({', '.join(list_models())}) or a checkpoint path")
+    p.add_argument("model", help="a registered model name (featherface_v1, featherface_v2, ...) or a checkpoint path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field of a named model, e.g. --set ssh=factorised --set bifpn_cells=3")
     p.add_argument("--size", type=positive_int, nargs=2, default=(640, 640), metavar=("H", "W"), help="input size for MACs")
@@ -30,6 +28,8 @@ def _parse_value(text: str):
 
 def run(args: argparse.Namespace) -> int:
     from featherface.errors import FeatherFaceError
+    from featherface.models.registry import build_model
+    from featherface.models.stats import count_macs, count_parameters, parameter_table, thop_convention_params
 
     overrides = {}
     for item in args.set:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
           f"deformable {macs['deformable'] / 1e9:.3f} G, linear {macs['linear'] / 1e6:.3f} M; "
           "element-wise ops not counted)")
     if name == "featherface_v2" and not overrides:
-        print("\nV2 variants (design reference §2.9; config switches, counts measured here):")
+        print("\nV2 variants (config switches of FeatherFaceV2Config; parameter counts measured here):")
         for label, kw in V2_VARIANTS:
             n = count_parameters(build_model("featherface_v2", **kw))
             print(f"  {label:58s} {n:>9,d}  ({n - total:+,d})  --set " + " --set ".join(f"{k}={v}" for k, v in kw.items()))

@@ -8,7 +8,7 @@ Call :meth:`WiderFaceDataset.set_epoch` at the start of every epoch (with severa
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import cv2
@@ -19,6 +19,8 @@ from torch.utils.data import Dataset
 from featherface.data.readers import Annotation, ParseResult, default_images_root, parse_annotations
 from featherface.data.transforms import Sample, TrainTransform
 from featherface.errors import InputError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["WiderFaceDataset", "detection_collate"]
 
@@ -96,7 +98,7 @@ class WiderFaceDataset(Dataset):
         self.annotations = anns
         self.stats = stats
         if verbose:
-            print(self.summary(), file=sys.stderr)
+            log.info("%s", self.summary())
 
     def summary(self) -> str:
         s = self.stats

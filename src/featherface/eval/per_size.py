@@ -31,8 +31,8 @@ import numpy as np
 from featherface.eval.widerface import (
     GroundTruth,
     PathLike,
-    _index_predictions,
-    _overlap_pairs,
+    index_predictions,
+    overlap_pairs,
     load_ground_truth,
     read_predictions,
 )
@@ -209,7 +209,7 @@ def size_recall(
         raise ValueError(f"setting must be one of {sorted(g.keep)}, got {setting!r}")
     if image_list is not None:
         g = g.subset(list(image_list))
-    full, base = _index_predictions(preds)
+    full, base = index_predictions(preds)
 
     # counted faces of every image (ground-truth order) and the predictions of the images that have both
     faces_l: list[np.ndarray] = []
@@ -234,7 +234,7 @@ def size_recall(
     sizes = face_sizes(faces, size)
     best = np.full(n_faces, -np.inf)
     if preds_l:
-        pid, row, _ = _overlap_pairs(preds_l, gts_l, iou_threshold)
+        pid, row, _ = overlap_pairs(preds_l, gts_l, iou_threshold)
         if pid.size:
             # row of the concatenated gts_l -> index among all counted faces
             to_face = np.concatenate([np.arange(o, o + len(fb)) for fb, o in zip(gts_l, face_offsets_l)])

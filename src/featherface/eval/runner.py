@@ -47,6 +47,7 @@ __all__ = [
     "write_report",
     "evaluate_detector",
     "score_prediction_folder",
+    "onnx_ap",
 ]
 
 IMAGE_EXTS = IMAGE_SUFFIXES  # the one list of featherface.imageio
@@ -326,3 +327,18 @@ def score_prediction_folder(
         protocol = {"name": "external", "label": "external prediction files (test protocol set by whoever made them)"}
         report = write_report(result, output_dir, protocol=protocol, inputs=inputs, timing=timing, plot=plot)
     return result, report
+
+
+def onnx_ap(path: str | os.PathLike, images_root: str | os.PathLike, gt_dir: str | os.PathLike,
+            image_list: Sequence[str], protocol: TestProtocol, threads: int) -> dict[str, Any]:
+    """WIDER AP (easy / medium / hard) of a raw ONNX export run through ``FaceDetector`` (ONNX Runtime backend)."""
+    import tempfile
+
+    from featherface.api import FaceDetector
+
+    det = FaceDetector(path, backend="onnxruntime", num_threads=threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        result, _ = evaluate_detector(det, images_root, gt_dir, output_dir=tmp, image_list=image_list,
+                                      protocol=protocol, progress=False, plot=False)
+    return {k: float(getattr(result, k)) for k in ("easy", "medium", "hard")} | {"images": len(image_list),
+                                                                                  "protocol": protocol.name}

@@ -599,7 +599,7 @@ def _best_matches(pred_xywh: np.ndarray, gt_xywh: np.ndarray, iou_threshold: flo
     return best, best_ov >= iou_threshold
 
 
-def _overlap_pairs(
+def overlap_pairs(
     preds: list[np.ndarray], gts: list[np.ndarray], iou_threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (prediction, face) pair of the same image with IoU >= ``iou_threshold`` ("+1" convention), over all
@@ -669,7 +669,7 @@ def _overlap_pairs(
 def _match_all(
     preds: list[np.ndarray], gts: list[np.ndarray], offsets: list[int], iou_threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Best GT face of every prediction, over all images at once (pairs from :func:`_overlap_pairs`).
+    """Best GT face of every prediction, over all images at once (pairs from :func:`overlap_pairs`).
 
     ``preds[i]`` [N_i, >=4] (x, y, w, h, in processing order), ``gts[i]`` [K_i, 4], ``offsets[i]`` the global index
     of the first face of image i. Returns (global face index of the best match, -1 when none; whether IoU >= the
@@ -678,7 +678,7 @@ def _match_all(
     n_total = int(sum(len(p) for p in preds))
     best = np.full(n_total, -1, np.int64)
     valid = np.zeros(n_total, bool)
-    pid, gid, ov = _overlap_pairs(preds, gts, iou_threshold)
+    pid, gid, ov = overlap_pairs(preds, gts, iou_threshold)
     if pid.size == 0:
         return best, valid
     gglob = np.concatenate([np.arange(off, off + len(gb)) for gb, off in zip(gts, offsets)])  # row -> global index
@@ -690,7 +690,7 @@ def _match_all(
     return best, valid
 
 
-def _index_predictions(preds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def index_predictions(preds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     full: dict[str, np.ndarray] = {}
     base: dict[str, np.ndarray | None] = {}
     for k, v in preds.items():
@@ -731,7 +731,7 @@ def evaluate(
     if not from_folder and len(preds) == 0:
         raise InputError("no predictions given (empty mapping)")
     g = gt if isinstance(gt, GroundTruth) else load_ground_truth(gt)
-    full, base = _index_predictions(preds)
+    full, base = index_predictions(preds)
 
     if image_list is not None:
         image_list = list(image_list)

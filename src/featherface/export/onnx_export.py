@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from featherface import __version__
+from featherface.version import __version__
 from featherface.errors import FeatherFaceError
 from featherface.fsutil import atomic_path
 from featherface.geometry.anchors import anchor_spec_of

@@ -6,7 +6,8 @@ activations (the U8S8 combination ORT's x86 kernels are built for), MinMax calib
 are pre-processed exactly like inference (BGR − mean, longest side ``calib_size``).
 
 :func:`quantize_report` adds the file-size ratio, latency (fp32 vs int8, same protocol as the benchmark) and,
-optionally, the AP change on WIDER val-dev (or a subset of it).
+optionally, the AP change measured by a caller-supplied function (``featherface quantize --eval-images`` uses
+:func:`featherface.eval.runner.onnx_ap` on WIDER val-dev or a subset of it).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from featherface.errors import FeatherFaceError
 from featherface.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
 
-__all__ = ["FLOAT_GROUPS", "DEFAULT_FLOAT_GROUPS", "float_nodes", "quantize_int8", "onnx_ap", "calibration_images",
+__all__ = ["FLOAT_GROUPS", "DEFAULT_FLOAT_GROUPS", "float_nodes", "quantize_int8", "calibration_images",
            "quantize_report"]
 
 
@@ -247,61 +248,45 @@ def _latency(path: Path, size: tuple[int, int], threads: int, runs: int = 30) ->
     return {"median_ms": float(np.median(ts) * 1e3), "p90_ms": float(np.percentile(ts, 90) * 1e3)}
 
 
-def onnx_ap(path: str | os.PathLike, images_root: str | os.PathLike, gt_dir: str | os.PathLike,
-            image_list: Sequence[str], protocol: Any, threads: int) -> dict[str, Any]:
-    """WIDER AP (easy / medium / hard) of a raw ONNX export run through ``FaceDetector(backend="onnxruntime")``."""
-    from featherface.api import FaceDetector
-    from featherface.eval.runner import evaluate_detector
+def quantize_report(model: str | os.PathLike, output: str | os.PathLike, *, calib_images: str | os.PathLike,
+                    num_images: int = 32, calib_size: int | None = 640, per_channel: bool = True,
+                    method: str = "minmax", percentile: float = 99.999,
+                    keep_float: Iterable[str] = DEFAULT_FLOAT_GROUPS, threads: int = 2,
+                    evaluate: Callable[[Path], dict[str, Any]] | None = None,
+                    report_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Quantise ``model`` (an fp32 raw ONNX export) to ``output`` and report size, latency and (optionally) AP.
 
-    det = FaceDetector(path, backend="onnxruntime", num_threads=threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        result, _ = evaluate_detector(det, images_root, gt_dir, output_dir=tmp, image_list=image_list,
-                                      protocol=protocol, progress=False, plot=False)
-    return {k: float(getattr(result, k)) for k in ("easy", "medium", "hard")} | {"images": len(image_list),
-                                                                                  "protocol": protocol.name}
-
-
-def _ap(path: Path, args: Any, threads: int) -> dict[str, Any]:
-    from featherface.eval.protocols import LongestSide, OriginalSize
-    from featherface.eval.runner import list_images
-
-    rels = list_images(args.eval_images, args.eval_list)
-    if args.eval_limit:
-        rels = rels[: int(args.eval_limit)]
-    proto = OriginalSize() if str(args.eval_protocol) in ("original", "none") else LongestSide(int(args.eval_protocol))
-    return onnx_ap(path, args.eval_images, args.eval_gt, rels, proto, threads)
-
-
-def quantize_report(args: Any) -> dict[str, Any]:
-    fp32 = Path(args.model)
-    out = Path(args.output)
-    images = calibration_images(args.calib_images, args.num_images)
+    Calibration: ``num_images`` images of ``calib_images`` at longest side ``calib_size`` (:func:`quantize_int8`).
+    ``evaluate``: called with each file (fp32, then int8) and returning ``{"easy", "medium", "hard", ...}``
+    (``featherface quantize --eval-images`` passes :func:`featherface.eval.runner.onnx_ap`); the report then holds
+    both and the change in AP points. ``report_path``: also write the report there as JSON.
+    """
+    fp32 = Path(model)
+    out = Path(output)
+    images = calibration_images(calib_images, num_images)
     t = time.perf_counter()
-    keep = tuple(getattr(args, "keep_float", None) or ())
-    quantize_int8(fp32, out, images, calib_size=args.calib_size, per_channel=not args.per_tensor, method=args.method,
-                  keep_float=keep, percentile=getattr(args, "percentile", 99.999))
+    keep = tuple(keep_float or ())
+    quantize_int8(fp32, out, images, calib_size=calib_size, per_channel=per_channel, method=method,
+                  keep_float=keep, percentile=percentile)
     report: dict[str, Any] = {
-        "fp32": str(fp32), "int8": str(out), "calibration": {"folder": str(args.calib_images), "images": len(images),
-                                                           "longest_side": args.calib_size, "method": args.method},
+        "fp32": str(fp32), "int8": str(out), "calibration": {"folder": str(calib_images), "images": len(images),
+                                                           "longest_side": calib_size, "method": method},
         "float_groups": list(keep),
         "quantize_s": round(time.perf_counter() - t, 1),
         "bytes_fp32": fp32.stat().st_size, "bytes_int8": out.stat().st_size,
         "size_ratio": round(fp32.stat().st_size / out.stat().st_size, 2),
     }
-    lat = {}
+    lat: dict[str, Any] = {}
     for name, p in (("fp32", fp32), ("int8", out)):
-        lat[name] = _latency(p, (480, 640), int(args.threads))
+        lat[name] = _latency(p, (480, 640), int(threads))
     lat["int8_over_fp32"] = round(lat["int8"]["median_ms"] / lat["fp32"]["median_ms"], 3)
-    report["forward_latency_640x480"] = {"threads": int(args.threads), **lat}
-    if args.eval_images:
-        if not args.eval_gt:
-            raise FeatherFaceError("--eval-images needs --eval-gt (folder with wider_face_val.mat etc.)")
-        ap_fp32 = _ap(fp32, args, int(args.threads))
-        ap_int8 = _ap(out, args, int(args.threads))
+    report["forward_latency_640x480"] = {"threads": int(threads), **lat}
+    if evaluate is not None:
+        ap_fp32, ap_int8 = evaluate(fp32), evaluate(out)
         report["ap"] = {"fp32": ap_fp32, "int8": ap_int8,
                         "change_points": {k: round(100 * (ap_int8[k] - ap_fp32[k]), 2) for k in ("easy", "medium", "hard")}}
-    if getattr(args, "report", None):
+    if report_path is not None:
         import json
 
-        Path(args.report).write_text(json.dumps(report, indent=2))
+        Path(report_path).write_text(json.dumps(report, indent=2))
     return report

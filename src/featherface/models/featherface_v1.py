@@ -12,7 +12,7 @@ from featherface.models.blocks import (CBAM, SSH, BiFPNCell, ChannelShuffleBlock
                                       make_level_heads)
 from featherface.geometry.anchors import DEFAULT_ANCHORS, AnchorSpec
 from featherface.models.outputs import DetectionOutput, check_anchor_layout
-from featherface.models.registry import register_model
+from featherface.models.registration import register_model
 
 __all__ = ["FeatherFaceV1Config", "FeatherFaceV1"]
 

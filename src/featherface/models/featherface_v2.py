@@ -17,7 +17,7 @@ from featherface.models.blocks import (CBAM, SSH, BiFPNCell, BiFPNLightCell, CBA
                                       MobileNetV1Body, SharedMultiHead, SSHGrouped)
 from featherface.geometry.anchors import DEFAULT_ANCHORS, AnchorSpec
 from featherface.models.outputs import DetectionOutput, check_anchor_layout as _check_anchor_layout
-from featherface.models.registry import register_model
+from featherface.models.registration import register_model
 
 __all__ = ["FeatherFaceV2Config", "FeatherFaceV2"]
 
@@ -39,7 +39,7 @@ class FeatherFaceV2Config:
     dropblock_prob: DropBlock on the neck features fed to the SSH, active in training only (0 disables it).
     ssh_hidden / shuffle_hidden / head_channels: inner widths that structured pruning narrows (``None``: the upstream
     widths ``(C/2, C/4)``, ``C/2`` and ``C``); each must be a multiple of ``ssh_groups``. ``channels`` is the BiFPN
-    trunk width; the SSH output stays 32 wide in pruned models (see ``featherface.export.prune``).
+    trunk width; the SSH output stays 32 wide in pruned models (see ``featherface.prune``).
     """
 
     channels: int = 32

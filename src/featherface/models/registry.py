@@ -10,43 +10,22 @@ list of known ones, and unknown config keys are refused.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
+# The built-in models register themselves (featherface.models.registration) when imported; importing them here,
+# below the registration table they depend on, keeps the import graph acyclic.
+from featherface.models import featherface_v1, featherface_v2  # noqa: F401
 from featherface.errors import FeatherFaceError, ModelNameError
+from featherface.models.registration import REGISTRY, ModelEntry, register_model
 
 __all__ = ["register_model", "build_model", "list_models", "model_config", "config_from_dict", "ModelEntry"]
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    config_cls: type
-    builder: Callable[[Any], nn.Module]
-    description: str
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
-
-
-def register_model(name: str, config_cls: type, description: str = "") -> Callable:
-    """Decorator registering ``builder(config) -> nn.Module`` under ``name``; a duplicate name raises."""
-
-    def wrap(builder: Callable[[Any], nn.Module]) -> Callable[[Any], nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, config_cls, builder, description)
-        return builder
-
-    return wrap
-
-
 def _entry(name: str) -> ModelEntry:
-    _ensure_loaded()
     try:
-        return _REGISTRY[name]
+        return REGISTRY[name]
     except KeyError:
         raise ModelNameError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
@@ -88,10 +67,4 @@ def build_model(name: str, config: Any = None, **overrides: Any) -> nn.Module:
 
 
 def list_models() -> list[str]:
-    _ensure_loaded()
-    return sorted(_REGISTRY)
-
-
-def _ensure_loaded() -> None:
-    # Importing the model modules runs their @register_model decorators.
-    from featherface.models import featherface_v1, featherface_v2  # noqa: F401
+    return sorted(REGISTRY)

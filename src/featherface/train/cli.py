@@ -19,7 +19,16 @@ from typing import Any
 
 from featherface.errors import FeatherFaceError
 
-__all__ = ["configure_parser", "run", "build_config", "main"]
+__all__ = ["DEFAULT_PATHS", "configure_parser", "run", "build_config", "with_default_paths", "main"]
+
+#: Data paths used when a recipe (or a resumed run's config) leaves them unset: this repository's ../shared layout.
+#: The library (:mod:`featherface.train.config`) has no data defaults; the command line supplies these.
+DEFAULT_PATHS = {
+    "data.train_labels": "../shared/data/widerface/train/label.txt",
+    "eval.images": "../shared/data/widerface/val/images",
+    "eval.image_list": "../shared/data/widerface/val/val-dev.txt",
+    "eval.gt": "../shared/data/widerface/oracle/gt_val_dev",
+}
 
 # option dest -> dotted config field
 _OVERRIDES = {
@@ -91,6 +100,19 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def with_default_paths(cfg):
+    """``cfg`` with the :data:`DEFAULT_PATHS` filled in where it has none (``None``)."""
+    from featherface.train.config import apply_overrides, config_to_dict
+
+    values = config_to_dict(cfg)
+    fill = {}
+    for dotted, path in DEFAULT_PATHS.items():
+        section, key = dotted.split(".")
+        if values[section].get(key) is None:
+            fill[dotted] = path
+    return apply_overrides(cfg, fill) if fill else cfg
+
+
 def build_config(args: argparse.Namespace):
     """The resolved :class:`~featherface.train.config.TrainConfig` (recipe / checkpoint, then options)."""
     from featherface.train.config import TrainConfig, apply_overrides, load_config
@@ -102,6 +124,7 @@ def build_config(args: argparse.Namespace):
         cfg = config_of_checkpoint(args.resume)
     else:
         cfg = TrainConfig()
+    cfg = with_default_paths(cfg)
     overrides = {field: getattr(args, dest, None) for dest, field in _OVERRIDES.items()}
     if getattr(args, "no_teacher_backbone", False):
         overrides["distill.init_backbone"] = False

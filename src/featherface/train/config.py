@@ -14,7 +14,9 @@ A recipe has top-level run keys and one table per part::
     [eval]      -> EvalConfig      (every = N enables periodic val AP)
 
 Unknown keys anywhere raise :class:`~featherface.errors.FeatherFaceError` naming the key and the known ones.
-Relative paths are kept as written and resolved against the working directory at run time.
+Relative paths are kept as written and resolved against the working directory at run time. Data paths have no
+default here (``None``: not given; the trainer says which one it needs); ``featherface train`` fills the ones a
+recipe leaves out with this repository's ``../shared`` layout (:data:`featherface.train.cli.DEFAULT_PATHS`).
 CLI overrides are applied with :func:`apply_overrides` (``{"data.batch_size": 8, "epochs": None, ...}``); a value
 of ``None`` means "not given" and never overrides the recipe.
 """
@@ -57,7 +59,7 @@ class DataConfig:
     of being dropped. ``use_pseudo_landmarks``: use landmarks tagged ``pseudo`` (teacher-predicted).
     """
 
-    train_labels: str = "../shared/data/widerface/train/label.txt"
+    train_labels: str | None = None
     train_images: str | None = None
     image_size: int = 640
     batch_size: int = 32
@@ -134,14 +136,15 @@ class DistillConfig:
 class EvalConfig:
     """Periodic WIDER AP on a val subset (off when ``every`` is 0) and the choice of ``best.pth``.
 
-    ``max_images`` images are taken evenly spaced from ``image_list`` (all when None). ``protocol`` is a
+    ``images`` (the val image folder) and ``gt`` (the folder of ``.mat`` files) are needed when ``every > 0``.
+    ``max_images`` images are taken evenly spaced from ``image_list`` (all images when None). ``protocol`` is a
     :func:`featherface.eval.parse_protocol` name; ``longest-side-640`` is much cheaper than ``original-size``.
     """
 
     every: int = 0
-    images: str = "../shared/data/widerface/val/images"
-    image_list: str | None = "../shared/data/widerface/val/val-dev.txt"
-    gt: str = "../shared/data/widerface/oracle/gt_val_dev"
+    images: str | None = None
+    image_list: str | None = None
+    gt: str | None = None
     max_images: int | None = 100
     protocol: str = "longest-side-640"
     score_threshold: float = 0.02

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ from featherface.train.schedule import build_scheduler
 
 __all__ = ["Trainer", "TrainStep", "train", "read_training_state", "config_of_checkpoint", "rng_state", "set_rng_state",
            "plot_curve"]
+
+log = logging.getLogger(__name__)
 
 _LOSS_KEYS = ("total", "task", "box", "cls", "landmark", "kd", "kd_cls", "kd_box", "kd_landmark", "feature")
 
@@ -199,6 +201,15 @@ def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
+def _check_paths(cfg: TrainConfig) -> None:
+    """The data paths a run needs (no defaults in the library: ``featherface train`` fills them from ../shared)."""
+    missing = [] if cfg.data.train_labels else ["data.train_labels"]
+    if cfg.eval.every > 0:
+        missing += [f"eval.{k}" for k in ("images", "gt") if not getattr(cfg.eval, k)]
+    if missing:
+        raise FeatherFaceError(f"the training config does not say where the data is: set {', '.join(missing)}")
+
+
 class _Averager:
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
@@ -265,6 +276,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: str | os.PathLike | None = None, progress: bool = True) -> None:
+        _check_paths(cfg)
         self.cfg = cfg
         self.world, self.rank, self.local_rank = _dist_env()
         self.is_main = self.rank == 0
@@ -422,8 +434,7 @@ class Trainer:
             self._truncate_metrics(self.start_epoch)
             where = (f", {self._partial['steps_done']} of {self.steps_per_epoch} iterations of epoch "
                      f"{self.start_epoch + 1}" if self._partial else "")
-            print(f"resumed from {path}: {self.start_epoch} epochs done{where}, step {self.global_step}",
-                  file=sys.stderr)
+            log.info("resumed from %s: %d epochs done%s, step %d", path, self.start_epoch, where, self.global_step)
 
     def _truncate_metrics(self, epochs_done: int) -> None:
         path = self.run_dir / "metrics.jsonl"
@@ -619,7 +630,7 @@ class Trainer:
                 (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
                 (self.run_dir / "metrics.jsonl").write_text("")
                 if self.backbone_source:
-                    print(f"backbone initialised from {self.backbone_source}", file=sys.stderr)
+                    log.info("backbone initialised from %s", self.backbone_source)
         last = None
         for epoch in range(self.start_epoch, cfg.epochs):
             rec = self.train_epoch(epoch)
@@ -648,11 +659,11 @@ class Trainer:
                 if ev is not None:
                     msg += (f"; val AP easy {ev['ap_easy']:.4f} medium {ev['ap_medium']:.4f} "
                             f"hard {ev['ap_hard']:.4f} ({ev['eval_images']} images, {ev['eval_protocol']})")
-                print(msg, file=sys.stderr)
+                log.info("%s", msg)
                 try:
                     plot_curve(self.records, self.run_dir / "curve.png", title=f"{cfg.name} ({cfg.model})")
                 except Exception as exc:  # a plotting problem must never kill a run
-                    print(f"warning: curve.png not written: {exc}", file=sys.stderr)
+                    log.warning("curve.png not written: %s", exc)
             if self.world > 1:
                 import torch.distributed as dist
 

@@ -26,10 +26,7 @@ below, with an exactness test.
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +34,7 @@ from torch import Tensor, nn
 
 from featherface.errors import FeatherFaceError
 
-__all__ = ["PrunePlan", "plan_pruning", "prune_v2", "prune_cli"]
+__all__ = ["PrunePlan", "plan_pruning", "prune_v2"]
 
 
 @dataclass(frozen=True)
@@ -239,48 +236,3 @@ def prune_v2(model: nn.Module, ratio: float = 0.2) -> tuple[nn.Module, dict[str,
                "macs_640_before": macs_before, "macs_640_after": macs_after,
                "macs_removed_pct": round(100 * (1 - macs_after / macs_before), 2)}
     return new, summary
-
-
-# ---------------------------------------------------------------------------------------------------------- CLI
-def prune_cli(args: Any) -> dict:
-    """``featherface prune``: prune, save, optionally fine-tune (a training config) and save again; the report."""
-    from featherface.checkpoint import load_any_model, save_checkpoint
-
-    model = load_any_model(args.checkpoint)
-    pruned, summary = prune_v2(model, args.ratio)
-    out = Path(args.output)
-    summary["source"] = str(args.checkpoint)
-    save_checkpoint(out, pruned, extra={"pruning": summary})
-    print(f"pruned: {summary['params_before']:,} -> {summary['params_after']:,} parameters "
-          f"(-{summary['params_removed_pct']}%), MACs at 640x640 {summary['macs_640_before'] / 1e9:.3f} G -> "
-          f"{summary['macs_640_after'] / 1e9:.3f} G; written {out}", file=sys.stderr)
-    if getattr(args, "finetune_config", None):
-        summary["finetune"] = _finetune(args, pruned, out, summary)
-    summary["output"] = str(out)
-    return summary
-
-
-def _finetune(args: Any, pruned: nn.Module, out: Path, summary: dict) -> dict:
-    """Train the pruned weights with a training config (its model is replaced by the pruned widths)."""
-    from featherface.checkpoint import load_state_dict_strict, read_state_dict, save_checkpoint
-    from featherface.train.config import config_from_dict, config_to_dict, load_config
-    from featherface.train.trainer import train
-
-    values = config_to_dict(load_config(args.finetune_config))
-    values["model"] = "featherface_v2"
-    values["init_weights"] = str(out)
-    values["model_config"] = {k: (list(v) if isinstance(v, tuple) else v)
-                              for k, v in dataclasses.asdict(pruned.config).items()}
-    if getattr(args, "finetune_epochs", None):
-        values["epochs"] = int(args.finetune_epochs)
-    cfg = config_from_dict(values)
-    result = train(cfg, progress=not getattr(args, "no_progress", False))
-    run_dir = Path(result["run_dir"])
-    best = run_dir / "best.pth" if (run_dir / "best.pth").exists() else run_dir / "last.pth"
-    load_state_dict_strict(pruned, read_state_dict(best), str(best))
-    pruned.eval()
-    epochs = [r for r in result["records"] if r.get("kind") == "epoch"]
-    report = {"config": str(args.finetune_config), "epochs": cfg.epochs, "weights": str(best),
-              "best_ap_mean": result.get("best_ap_mean"), "epoch_records": epochs}
-    save_checkpoint(out, pruned, extra={"pruning": {**summary, "finetune": json.loads(json.dumps(report, default=str))}})
-    return report

@@ -1,4 +1,7 @@
-"""``featherface export`` / ``quantize`` / ``prune`` / ``benchmark`` (one configure/run pair each)."""
+"""``featherface export`` / ``quantize`` / ``prune``: the command-line layer (argparse) over the keyword APIs of
+:mod:`featherface.export.onnx_export`, :mod:`featherface.export.quantize` and :mod:`featherface.prune`.
+
+Data-path defaults (``../shared``, this repository's layout) live here, not in the library."""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from featherface.cliargs import open_unit_interval_excl, percentile, positive_in
 from featherface.errors import FeatherFaceError
 
 __all__ = ["configure_parser", "run", "configure_quantize_parser", "run_quantize", "configure_prune_parser",
-           "run_prune", "configure_benchmark_parser", "run_benchmark"]
+           "run_prune"]
 
-_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "widerface"
+_DATA = Path("..") / "shared" / "data" / "widerface"  # relative to the working directory, as the train recipes
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -77,7 +80,8 @@ def configure_quantize_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-gt", default=None)
     p.add_argument("--eval-list", default=None)
     p.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate only the first N listed images")
-    p.add_argument("--eval-protocol", default="original", help="'original' or a longest side in pixels")
+    p.add_argument("--eval-protocol", default="original-size",
+                   help="'original-size' or 'longest-side-N' (as featherface train/eval; a bare N is accepted too)")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--report", default=None, help="write the JSON report here")
 
@@ -85,9 +89,40 @@ def configure_quantize_parser(p: argparse.ArgumentParser) -> None:
 def run_quantize(args: argparse.Namespace) -> int:
     from featherface.export.quantize import quantize_report
 
-    report = quantize_report(args)
+    evaluate = None
+    if args.eval_images:
+        if not args.eval_gt:
+            raise FeatherFaceError("--eval-images needs --eval-gt (folder with wider_face_val.mat etc.)")
+        evaluate = _ap_function(args)
+    report = quantize_report(args.model, args.output, calib_images=args.calib_images, num_images=args.num_images,
+                             calib_size=args.calib_size, per_channel=not args.per_tensor, method=args.method,
+                             percentile=args.percentile, keep_float=tuple(args.keep_float or ()),
+                             threads=args.threads, evaluate=evaluate, report_path=args.report)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _ap_function(args: argparse.Namespace):
+    from featherface.eval.protocols import LongestSide, OriginalSize
+    from featherface.eval.runner import list_images, onnx_ap
+
+    rels = list_images(args.eval_images, args.eval_list)
+    if args.eval_limit:
+        rels = rels[: int(args.eval_limit)]
+    size = _longest_side(args.eval_protocol)
+    proto = OriginalSize() if size is None else LongestSide(size=size)
+    return lambda path: onnx_ap(path, args.eval_images, args.eval_gt, rels, proto, int(args.threads))
+
+
+def _longest_side(text: str) -> int | None:
+    """``original`` / ``original-size`` / ``none`` → None; ``640`` / ``longest-side-640`` → 640 (as ``train``)."""
+    t = str(text).strip().lower()
+    if t in ("original", "original-size", "none"):
+        return None
+    num = t.removeprefix("longest-side-")
+    if not num.isdigit() or int(num) < 1:
+        raise FeatherFaceError(f"--eval-protocol must be 'original-size' or 'longest-side-N' (or N), got {text!r}")
+    return int(num)
 
 
 # ------------------------------------------------------------------------------------------------------------ prune
@@ -103,20 +138,16 @@ def configure_prune_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from featherface.export.prune import prune_cli
+    from featherface.prune import prune_checkpoint
 
-    print(json.dumps(prune_cli(args), indent=2))
+    recipe = None
+    if args.finetune_config:
+        from featherface.train.cli import with_default_paths
+        from featherface.train.config import load_config
+
+        recipe = with_default_paths(load_config(args.finetune_config))
+    summary = prune_checkpoint(args.checkpoint, args.output, ratio=args.ratio, finetune=recipe,
+                               finetune_epochs=args.finetune_epochs, finetune_label=args.finetune_config,
+                               progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
     return 0
-
-
-# -------------------------------------------------------------------------------------------------------- benchmark
-def configure_benchmark_parser(p: argparse.ArgumentParser) -> None:
-    from featherface.export.benchmark import configure
-
-    configure(p)
-
-
-def run_benchmark(args: argparse.Namespace) -> int:
-    from featherface.export.benchmark import run as bench_run
-
-    return bench_run(args)
