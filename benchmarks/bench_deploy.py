@@ -33,8 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -202,8 +203,8 @@ def _mem_child(spec_json: str) -> None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     spec = json.loads(spec_json)
-    import torch  # noqa: F401  (import cost is part of the baseline, not the model)
     import onnxruntime  # noqa: F401
+    import torch  # noqa: F401  (import cost is part of the baseline, not the model)
 
     img = cv2.resize(cv2.imread(spec["image"]), (spec["w"], spec["h"]))
     base = hwm_kib()

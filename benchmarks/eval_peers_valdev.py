@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
 from featherface.api import FaceDetector  # noqa: E402
 from featherface.eval.per_size import size_recall  # noqa: E402
-from featherface.geometry.anchors import DEFAULT_ANCHORS  # noqa: E402
 from featherface.eval.widerface import evaluate, read_image_list  # noqa: E402
+from featherface.geometry.anchors import DEFAULT_ANCHORS  # noqa: E402
 from featherface.models.outputs import DetectionOutput  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

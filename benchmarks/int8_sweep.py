@@ -52,10 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", default=None, help="markdown table to write")
     args = p.parse_args(argv)
 
-    from featherface.eval.runner import list_images
+    from featherface.eval.runner import evenly_spaced, list_images
     from featherface.export.quantize import calibration_images, quantize_int8
     from featherface.fsutil import atomic_write_text
-    from featherface.eval.runner import evenly_spaced
 
     fp32 = Path(args.model)
     rels = evenly_spaced(list_images(DATA / "val" / "images", DATA / "val" / "val-dev.txt"), args.eval_images)

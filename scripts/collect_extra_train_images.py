@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                             stdout=subprocess.PIPE)
     written = present = not_jpeg = 0
     events: set[str] = set()
-    for name, (rel, blob) in sorted(blobs.items()):
+    for _name, (rel, blob) in sorted(blobs.items()):
         target = out / rel
         if target.is_file():
             present += 1

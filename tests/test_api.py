@@ -9,6 +9,7 @@ from featherface.api import LANDMARK_NAMES, Face, FaceDetector, ResizePolicy
 from featherface.errors import FeatherFaceError, InputError
 from featherface.imageio import load_image
 from featherface.models import build_model
+
 from helpers import TEACHER, needs_teacher
 
 ASSET = __import__("pathlib").Path(__file__).resolve().parents[1] / "src" / "featherface" / "assets" / "grace_hopper.jpg"
@@ -18,6 +19,12 @@ ASSET = __import__("pathlib").Path(__file__).resolve().parents[1] / "src" / "fea
 def detector():
     torch.manual_seed(0)
     return FaceDetector(build_model("featherface_v2"), score_threshold=0.0, keep_top_k=20)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The bundled default weights: one confident face on the example photo, none on a black image."""
+    return FaceDetector(score_threshold=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +41,16 @@ def test_numpy_bgr_and_rgb_give_the_same_faces(detector):
     assert [f.box for f in a] == [f.box for f in b]
 
 
-def test_path_pil_and_array_agree(detector):
+def test_path_pil_and_array_agree(trained, tmp_path):
     from PIL import Image
 
-    bgr = cv2.imread(str(ASSET))
-    pil = Image.open(ASSET)
-    boxes = [[f.box for f in detector.detect(x)] for x in (ASSET, str(ASSET), bgr)]
-    assert boxes[0] == boxes[1] == boxes[2]
-    assert len(detector.detect(pil)) == len(boxes[0])
+    png = tmp_path / "asset.png"  # lossless: OpenCV and PIL decode the same pixels
+    cv2.imwrite(str(png), cv2.imread(str(ASSET)))
+    bgr = cv2.imread(str(png))
+    results = [trained.detect(x) for x in (png, str(png), bgr, Image.open(png), Image.open(png).convert("RGB"))]
+    assert len(results[0]) == 1 and results[0][0].score > 0.9
+    for other in results[1:]:
+        assert other == results[0]
 
 
 def test_face_fields(detector):
@@ -53,22 +62,50 @@ def test_face_fields(detector):
     assert set(f.to_dict()) == {"box", "score", "landmarks"}
 
 
-def test_list_of_images_of_different_sizes(detector):
+def test_list_of_images_of_different_sizes(trained):
     imgs = [np.zeros((40, 60, 3), np.uint8), np.zeros((100, 30, 3), np.uint8), ASSET]
-    out = detector.detect(imgs)
-    assert len(out) == 3 and all(isinstance(x, list) for x in out)
+    out = trained.detect(imgs)
+    assert [len(x) for x in out] == [0, 0, 1]
+    assert out == [trained.detect(im) for im in imgs]  # the same faces as one call per image, in order
+
+
+def _asset_as(kind: str) -> np.ndarray:
+    bgr = cv2.imread(str(ASSET))
+    if kind == "gray":
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    if kind == "gray1":
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[..., None]
+    if kind == "bgra":
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+    if kind == "uint16":
+        return bgr.astype(np.uint16) * 257
+    if kind == "float32":
+        return bgr.astype(np.float32)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind,same_as", [
+    ("gray", "gray3"), ("gray1", "gray3"),        # grayscale, with and without a channel axis
+    ("bgra", "bgr"),                              # alpha dropped
+    ("uint16", "bgr"),                            # 16-bit shifted to 8 bits
+    ("float32", "bgr"),                           # float holding 0..255
+])
+def test_unusual_arrays_are_converted(trained, kind, same_as):
+    bgr = cv2.imread(str(ASSET))
+    reference = cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) if same_as == "gray3" else bgr
+    array = _asset_as(kind)
+    assert np.array_equal(load_image(array), reference)
+    faces = trained.detect(array)
+    assert len(faces) == 1 and faces == trained.detect(reference)
 
 
 @pytest.mark.parametrize("array", [
-    np.zeros((50, 70), np.uint8),               # grayscale
-    np.zeros((50, 70, 1), np.uint8),
-    np.zeros((50, 70, 4), np.uint8),            # RGBA / BGRA
-    np.full((50, 70, 3), 40000, np.uint16),     # 16-bit
-    np.zeros((50, 70, 3), np.float32),
+    np.zeros((50, 70), np.uint8), np.zeros((50, 70, 1), np.uint8), np.zeros((50, 70, 4), np.uint8),
+    np.full((50, 70, 3), 40000, np.uint16), np.zeros((50, 70, 3), np.float32),
 ])
-def test_unusual_arrays_are_converted(detector, array):
-    assert isinstance(detector.detect(array), list)
+def test_unusual_blank_arrays_give_no_faces(trained, array):
     assert load_image(array).shape == (50, 70, 3) and load_image(array).dtype == np.uint8
+    assert trained.detect(array) == []
 
 
 @pytest.mark.parametrize("flag,channels", [(cv2.IMREAD_GRAYSCALE, None), ("rgba", 4), ("16bit", 3)])
@@ -153,3 +190,24 @@ def test_preprocess_equals_the_reference_formula():
     assert np.array_equal(preprocess(img, flip=True), reference(img[:, ::-1]))
     assert np.array_equal(preprocess(img[:, ::2]), reference(img[:, ::2]))  # non-contiguous input
     assert preprocess(img).flags["C_CONTIGUOUS"] and preprocess(img).dtype == np.float32
+
+
+def test_num_threads_does_not_change_the_process_setting():
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.config, self.preprocessing = model, model.config, model.preprocessing
+
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return self.model(x)
+
+    det = FaceDetector(Probe(build_model("featherface_v2")), num_threads=other)
+    assert torch.get_num_threads() == before  # constructing it changed nothing
+    det.detect(np.zeros((32, 48, 3), np.uint8))
+    assert seen == [other]  # the network ran with the detector's count...
+    assert torch.get_num_threads() == before  # ...and the process setting is back

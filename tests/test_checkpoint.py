@@ -7,13 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from featherface.checkpoint import (ModelSource, convert_upstream, convert_upstream_state_dict, detect_architecture,
-                                    load_any_model, load_model, read_checkpoint, read_state_dict,
-                                    resolve_model_source, save_checkpoint, state_dict_mismatch)
+from featherface.checkpoint import (
+    ModelSource,
+    convert_upstream,
+    convert_upstream_state_dict,
+    detect_architecture,
+    load_any_model,
+    load_model,
+    read_checkpoint,
+    read_state_dict,
+    resolve_model_source,
+    save_checkpoint,
+    state_dict_mismatch,
+)
 from featherface.errors import CheckpointError
 from featherface.models import build_model
 from featherface.teacher_check import check_teacher
-from helpers import GOLDEN, TEACHER, VAL_IMAGES, RETINAFACE, needs_golden, needs_retinaface, needs_teacher
+
+from helpers import GOLDEN, RETINAFACE, TEACHER, VAL_IMAGES, needs_golden, needs_retinaface, needs_teacher
 
 
 def test_round_trip_is_self_describing(tmp_path):

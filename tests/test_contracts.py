@@ -103,9 +103,9 @@ def test_preprocessing_record_is_followed_by_every_path(tmp_path):
 
 
 def test_trainer_feeds_the_models_preprocessing(tmp_path):
-    from test_trainer import make_tiny_dataset, tiny_config
-
     from featherface.train.trainer import Trainer
+
+    from test_trainer import make_tiny_dataset, tiny_config
 
     cfg = tiny_config(tmp_path, make_tiny_dataset(tmp_path / "data", n=2), epochs=1)
     trainer = Trainer(cfg, progress=False)

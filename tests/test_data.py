@@ -334,7 +334,7 @@ def test_dataset_counts_dropped_boxes(tmp_path, caplog):
     assert ds.stats["empty_images"] == 1
     s = ds.load(0)  # the 30..70 box is clipped to the 50x50 image
     np.testing.assert_array_equal(s.boxes[1], [30, 30, 50, 50])
-    x, t = ds[1]  # image without faces works (T7)
+    x, t = ds[1]  # image without faces works (upstream defect T7, docs/upstream-defects.md)
     assert t["boxes"].shape == (0, 4)
 
 

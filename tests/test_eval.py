@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import tarfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +66,7 @@ def dets(*rows) -> np.ndarray:
 
 
 def reference_ap(preds: dict[str, np.ndarray], gt: GroundTruth, iou_thresh: float = 0.5) -> dict[str, float]:
-    """Straight loop transcription of the reference algorithm (design reference §3.2), file order, no sort."""
+    """Straight loop transcription of the reference algorithm (the official evaluation code), file order, no sort."""
     max_s, min_s = 0.0, 1.0
     for v in preds.values():
         if len(v):
@@ -445,7 +444,7 @@ def tiny_wider(tmp_path):
         ("1--Handshaking", "1_Hand_b_2"): ((90, 160), [[20, 30, 60, 70]]),
     }
     images = tmp_path / "images"
-    bxy, by_size, gt_items = {}, {}, {}
+    by_size, gt_items = {}, {}
     for (ev, name), ((h, w), b) in spec.items():
         (images / ev).mkdir(parents=True)
         cv2.imwrite(str(images / ev / f"{name}.jpg"), np.full((h, w, 3), 128, np.uint8))
@@ -560,12 +559,9 @@ def _full_val(name, reference, tmp_path_factory):
 
 
 @needs_shared
-def test_oracle_full_val_yolov7(reference, tmp_path_factory):
-    _full_val("derronqi_yolov7-face", reference, tmp_path_factory)
-
-
-@needs_shared
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["MAhaitao999_Retinaface-PyTorch-onnx-trt", "thflgg133_RetinaFace-optimization"])
+@pytest.mark.parametrize("name", ["derronqi_yolov7-face", "MAhaitao999_Retinaface-PyTorch-onnx-trt",
+                                  "thflgg133_RetinaFace-optimization"])
 def test_oracle_full_val_slow(name, reference, tmp_path_factory):
+    """The full val set (3,226 images): slow-marked; the val-dev oracle tests above run in the default suite."""
     _full_val(name, reference, tmp_path_factory)

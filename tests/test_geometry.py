@@ -16,7 +16,6 @@ from featherface.geometry import (
     DEFAULT_ANCHORS,
     VARIANCES,
     AnchorSpec,
-    select_detections,
     box_iou,
     box_iou_np,
     cxcywh_to_xyxy,
@@ -30,8 +29,10 @@ from featherface.geometry import (
     num_anchors,
     postprocess,
     postprocess_batch,
+    select_detections,
     xyxy_to_cxcywh,
 )
+
 nms_module = importlib.import_module("featherface.geometry.nms")
 
 V = DEFAULT_ANCHORS.variances

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 from featherface.geometry import box_iou, cxcywh_to_xyxy, encode_boxes, encode_landmarks, make_anchors
 from featherface.train.loss import DetectionLoss, assign_targets, mine_negatives
@@ -83,7 +83,7 @@ def test_force_match_only_valid_faces():
     anchors = _anchors()
     ab = _anchor_box(anchors, (3 * 8 + 3) * 2)
     big = torch.tensor([[0.0, 0.0, 0.6, 0.6]])  # matches several anchors normally
-    tiny = _box_with_iou(ab, 0.15)  # best IoU < 0.2 -> not force-matched (T8 fixed)
+    tiny = _box_with_iou(ab, 0.15)  # best IoU < 0.2 -> not force-matched (upstream defect T8 fixed, docs/upstream-defects.md)
     m = match_anchors(torch.cat([big, tiny]), anchors)
     assert m.positive.any()
     assert not (m.matched_gt[m.positive] == 1).any()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from featherface.checkpoint import load_model, save_checkpoint
-from featherface.prune import plan_pruning, prune_v2
 from featherface.models import build_model
 from featherface.models.stats import count_parameters
+from featherface.prune import plan_pruning, prune_v2
 
 
 def _random_bn_(model: torch.nn.Module, gen: torch.Generator) -> None:

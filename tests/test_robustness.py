@@ -28,7 +28,7 @@ from featherface.api import FaceDetector
 from featherface.cli import main
 from featherface.errors import CheckpointError, FeatherFaceError, InputError
 from featherface.fsutil import AtomicFile, atomic_write_bytes, atomic_write_text, remove_stale_temps
-from featherface.imageio import IMAGE_SUFFIXES, apply_orientation, decode_image, load_image, read_header
+from featherface.imageio import IMAGE_SUFFIXES, apply_orientation, load_image, read_header
 from featherface.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,6 @@ import tarfile
 import numpy as np
 import pytest
 
-from helpers import SHARED
-
 from featherface.eval import (
     GroundTruth,
     SizeRecall,
@@ -23,6 +21,8 @@ from featherface.eval import (
 )
 from featherface.eval import widerface as wf
 from featherface.eval.per_size import bin_labels, face_sizes
+
+from helpers import SHARED
 
 ORACLE = SHARED / "data" / "widerface" / "oracle"
 needs_oracle = pytest.mark.skipif(

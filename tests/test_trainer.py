@@ -132,7 +132,7 @@ def test_warmup_cosine_is_per_iteration():
 
 @pytest.mark.parametrize("name", ["warmup_cosine", "onecycle"])
 def test_scheduler_state_round_trip(name, tmp_path):
-    """A scheduler rebuilt and loaded from a (weights_only) saved state continues the same curve (T1)."""
+    """A scheduler rebuilt and loaded from a (weights_only) saved state continues the same curve (upstream defect T1, docs/upstream-defects.md)."""
     from featherface.train.config import ScheduleConfig
 
     def make():
@@ -323,8 +323,8 @@ def test_compiled_training_matches_eager(tmp_path, tiny):
 
 
 def test_periodic_eval_writes_best(tmp_path, tiny):
-    from featherface.eval.widerface import GroundTruth, save_ground_truth
     from featherface.data.readers import parse_annotations
+    from featherface.eval.widerface import GroundTruth, save_ground_truth
 
     res = parse_annotations(tiny, tiny.parent / "images", "auto")
     boxes = []

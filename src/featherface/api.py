@@ -12,25 +12,27 @@ model (raw boxes / logits / landmarks; PyTorch or :mod:`featherface.export.ort_b
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from featherface.checkpoint import load_any_model, resolve_model_source
+from featherface.devices import torch_threads
 from featherface.errors import FeatherFaceError, InputError
 from featherface.geometry.anchors import AnchorSpec, anchor_spec_of
 from featherface.geometry.landmarks import LANDMARK_NAMES
 from featherface.geometry.postprocess import Detections, decode_detections, select_detections
 from featherface.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from featherface.preprocessing import DEFAULT_PREPROCESSING, MEAN_BGR, Preprocessing, preprocess
+
+if TYPE_CHECKING:  # pragma: no cover
+    from featherface.export.ort_backend import OrtModel
 
 __all__ = ["LANDMARK_NAMES", "MEAN_BGR", "Face", "ResizePolicy", "FaceDetector", "faces_from_arrays", "preprocess",
            "torch_threads"]
@@ -47,7 +49,7 @@ class Face:
     score: float
     landmarks: dict[str, tuple[float, float]] = field(default_factory=dict)
 
-    def scaled(self, fx: float, fy: float) -> "Face":
+    def scaled(self, fx: float, fy: float) -> Face:
         """The same face with x coordinates multiplied by ``fx`` and y by ``fy`` (e.g. to draw on a resized copy)."""
         x1, y1, x2, y2 = self.box
         return Face((x1 * fx, y1 * fy, x2 * fx, y2 * fy), self.score,
@@ -71,7 +73,7 @@ class ResizePolicy:
     max_side: int | None = 2560
 
     @classmethod
-    def parse(cls, value: "ResizePolicy | str | int | None", max_side: int | None = 2560) -> "ResizePolicy":
+    def parse(cls, value: ResizePolicy | str | int | None, max_side: int | None = 2560) -> ResizePolicy:
         if isinstance(value, ResizePolicy):
             return value
         if value is None or (isinstance(value, str) and value.strip().lower() in ("original", "none", "")):
@@ -101,20 +103,6 @@ def _anchors(height: int, width: int, spec: AnchorSpec) -> torch.Tensor:
     return spec.anchors((height, width))
 
 
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(threads)`` (``None``: unchanged), restoring the previous count, so
-    that a library call never changes the process-wide setting."""
-    before = torch.get_num_threads()
-    if threads is not None and threads != before:
-        torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
 class FaceDetector:
     """Detect faces with a FeatherFace model.
 
@@ -140,7 +128,7 @@ class FaceDetector:
             pixels), so they cost far less.
     """
 
-    def __init__(self, model: "str | os.PathLike | nn.Module | None" = None, *, device: str | torch.device = "cpu",
+    def __init__(self, model: str | os.PathLike | nn.Module | None = None, *, device: str | torch.device = "cpu",
                  score_threshold: float = 0.5, nms_threshold: float = 0.4, resize: Any = None,
                  max_side: int | None = 2560, top_k: int | None = 5000, keep_top_k: int | None = 750,
                  num_threads: int | None = None, backend: str | None = None,
@@ -175,7 +163,8 @@ class FaceDetector:
                 raise FeatherFaceError(f"backend='onnxruntime' needs a path to an .onnx file, got {model!r}")
             from featherface.export.ort_backend import OrtModel
 
-            self.model = OrtModel(source.path, num_threads=num_threads)
+            assert source.path is not None
+            self.model: nn.Module | OrtModel = OrtModel(source.path, num_threads=num_threads)
             self.num_threads = None  # the session has its own thread count
         else:
             if isinstance(model, nn.Module):

@@ -29,18 +29,19 @@ import os
 import pickle
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from featherface.version import __version__
 from featherface.errors import CheckpointError, FeatherFaceError
 from featherface.fsutil import atomic_write
 from featherface.models.registry import build_model, config_from_dict
 from featherface.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
+from featherface.version import __version__
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "PREPROCESSING", "atomic_save", "save_checkpoint", "read_checkpoint",
@@ -321,7 +322,7 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
         model = build_model(name, config_from_dict(name, obj.get("model_config", {})))
         load_state_dict_strict(model, obj["state_dict"], str(path))
         try:
-            model.preprocessing = Preprocessing.from_dict(obj.get("preprocessing"))
+            setattr(model, "preprocessing", Preprocessing.from_dict(obj.get("preprocessing")))  # noqa: B010
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: invalid preprocessing record: {exc}") from None
     else:
@@ -351,7 +352,7 @@ class ModelSource:
     name: str | None = None
 
     def __str__(self) -> str:
-        return self.name if self.kind == "name" else f"{self.path}"
+        return f"{self.name}" if self.kind == "name" else f"{self.path}"
 
 
 def resolve_model_source(spec: str | os.PathLike | None) -> ModelSource:

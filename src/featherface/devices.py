@@ -1,11 +1,14 @@
-"""Is a torch device usable here? One check for the API, checkpoint loading and the command line (torch is imported
-only for devices other than the CPU)."""
+"""Devices and threads: is a torch device usable here (one check for the API, checkpoint loading and the command
+line; torch is imported only for devices other than the CPU), and :func:`torch_threads`, the one way library code
+changes torch's thread count (for a block, restored after it)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 
-__all__ = ["check_device"]
+__all__ = ["check_device", "torch_threads"]
 
 _DEVICE = re.compile(r"(cpu|cuda|mps|xpu|meta)(:\d+)?")
 
@@ -37,3 +40,19 @@ def check_device(text: str) -> str | None:
     elif kind == "meta":
         return "device 'meta' holds no data and cannot run a model; use --device cpu"
     return None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` (``None``: unchanged), restoring the previous count, so
+    that a library call never changes the process-wide setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None and int(threads) != before:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -16,9 +16,10 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 __all__ = ["AtomicFile", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_path",
            "remove_stale_temps", "reserve_temp", "commit_temp", "discard_temp"]
@@ -133,7 +134,7 @@ class AtomicFile:
             pass
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "AtomicFile":
+    def __enter__(self) -> AtomicFile:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

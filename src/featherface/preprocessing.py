@@ -15,8 +15,9 @@ Changing the mean here changes every path. This module imports neither torch nor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -11,17 +11,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 
-from featherface.cliargs import device, non_negative_float, non_negative_int, open_unit_interval, positive_int, \
-    probability
+from featherface.cliargs import (
+    device,
+    non_negative_float,
+    non_negative_int,
+    open_unit_interval,
+    positive_int,
+    probability,
+)
 from featherface.errors import FeatherFaceError, InputError, describe_os_error
 from featherface.fsutil import AtomicFile, commit_temp, discard_temp, reserve_temp
-from featherface.imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, WRITABLE_IMAGE_SUFFIXES, captured_stderr, \
-    write_image_atomic
+from featherface.imageio import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    WRITABLE_IMAGE_SUFFIXES,
+    captured_stderr,
+    write_image_atomic,
+)
 
 EPILOG = """examples:
   featherface detect photo.jpg -o out/                       annotated out/photo.jpg + out/detections.jsonl

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_check and not args.with_postprocess and args.parity_sizes:
         err = check_parity(model, path, sizes=args.parity_sizes, batch=2)
         msg["parity_max_abs_diff"] = err
-        msg["parity_sizes"] = ["%dx%d" % s for s in args.parity_sizes]
+        msg["parity_sizes"] = [f"{h}x{w}" for h, w in args.parity_sizes]
         if err >= 1e-4:
             raise FeatherFaceError(f"parity check failed: max abs difference {err:.3g} >= 1e-4")
     print(json.dumps(msg))

@@ -138,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt: str, *args) -> None:  # noqa: D401 - stdlib signature
         if not self.quiet:
-            sys.stderr.write("%s - %s\n" % (self.address_string(), fmt % args))
+            sys.stderr.write(f"{self.address_string()} - {fmt % args}\n")
 
     def _send(self, status: int, body: bytes, ctype: str, head_only: bool = False) -> None:
         self.send_response(status)

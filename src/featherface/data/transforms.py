@@ -8,13 +8,14 @@ argument, so the same generator state gives the same output.
 Coordinates are continuous: pixel ``i`` covers ``[i, i+1)``, so a horizontal flip maps ``x -> W - x`` and an
 image of width ``W`` holds boxes with ``0 <= x1 < x2 <= W``.
 
-The RetinaFace policy (:class:`TrainTransform`) follows the upstream order (design reference §1.5):
+The RetinaFace policy (:class:`TrainTransform`) follows the upstream order:
 square crop -> photometric distortion -> pad to square if the crop failed -> mirror -> resize -> normalise.
 Deliberate differences from upstream, all documented here:
 
 * a face whose landmarks are not all inside the crop (or CutMix region) keeps its box but loses its landmarks
   (``has_landmarks`` False) instead of having its points clipped to the border;
-* an image with no face is cropped on the first try (upstream cannot handle it at all, T7);
+* an image with no face is cropped on the first try (upstream cannot handle it at all, defect T7;
+  codes in docs/upstream-defects.md);
 * faces smaller than ``min_face_size`` output pixels are dropped after resize; the default 0 keeps every
   box of positive size, as upstream does (T6); set e.g. 2.0 to drop sub-2-pixel faces;
 * landmarks of faces without landmarks are always zeros (use ``has_landmarks``).
@@ -82,12 +83,12 @@ class Sample:
     def num_faces(self) -> int:
         return int(self.boxes.shape[0])
 
-    def select(self, keep: np.ndarray) -> "Sample":
+    def select(self, keep: np.ndarray) -> Sample:
         return Sample(self.image.copy(), self.boxes[keep], self.landmarks[keep], self.has_landmarks[keep],
                       self.weights[keep], self.ignore[keep])
 
     def with_geometry(self, image: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray,
-                      has_landmarks: np.ndarray | None = None, keep: np.ndarray | None = None) -> "Sample":
+                      has_landmarks: np.ndarray | None = None, keep: np.ndarray | None = None) -> Sample:
         """A new sample with ``image`` and the given per-face geometry; the per-face attributes that a geometric
         transform does not change (weights, ignore flags, and ``has_landmarks`` unless given) are carried over,
         restricted to ``keep`` (a mask or index array over this sample's faces) when given."""
@@ -96,7 +97,7 @@ class Sample:
         return Sample(image, boxes, landmarks, has, self.weights[sel].copy(), self.ignore[sel].copy())
 
     @staticmethod
-    def create(image, boxes=None, landmarks=None, has_landmarks=None, weights=None, ignore=None) -> "Sample":
+    def create(image, boxes=None, landmarks=None, has_landmarks=None, weights=None, ignore=None) -> Sample:
         boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
         g = boxes.shape[0]
         landmarks = np.zeros((g, 10), np.float32) if landmarks is None else landmarks
@@ -370,7 +371,7 @@ class TrainTransform:
 
     ``mixup_prob`` and ``cutmix_prob`` are the fractions of samples that are mixed (mutually exclusive:
     ``mixup_prob + cutmix_prob <= 1``; one uniform draw decides). Upstream V2's *effective* rates were 0.25
-    and 0.125; the seed report quotes CutMix probability 0.5. Both default to 0 (plain V1 policy).
+    and 0.125; the V2 write-up quotes CutMix probability 0.5. Both default to 0 (plain V1 policy).
 
     Use :meth:`augment` for one image (-> :class:`Sample` at ``image_size``, uint8, pixel coordinates),
     :meth:`mix_mode` / :meth:`mix` to combine two augmented samples, and :meth:`finalize` to get the network

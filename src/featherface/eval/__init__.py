@@ -7,8 +7,8 @@ Typical use::
     print(result.easy, result.medium, result.hard)
 """
 
-from featherface.eval.protocols import LongestSide, MultiScaleFlip, OriginalSize, TestProtocol, parse_protocol
 from featherface.eval.per_size import SizeRecall, save_size_recall_plot, size_recall
+from featherface.eval.protocols import LongestSide, MultiScaleFlip, OriginalSize, TestProtocol, parse_protocol
 from featherface.eval.widerface import (
     SETTINGS,
     GroundTruth,

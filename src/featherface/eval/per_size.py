@@ -32,8 +32,8 @@ from featherface.eval.widerface import (
     GroundTruth,
     PathLike,
     index_predictions,
-    overlap_pairs,
     load_ground_truth,
+    overlap_pairs,
     read_predictions,
 )
 from featherface.fsutil import atomic_write

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from featherface.errors import InputError
-from featherface.eval.protocols import OriginalSize, TestProtocol
 from featherface.eval.per_size import save_size_recall_plot, size_recall
+from featherface.eval.protocols import OriginalSize, TestProtocol
 from featherface.eval.widerface import (
     GroundTruth,
     WiderResult,

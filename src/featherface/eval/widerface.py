@@ -2,7 +2,7 @@
 
 The algorithm is the official WIDER FACE evaluation as implemented by the widely used Python port
 (``evaluation.py`` of wondervictor/WiderFace-Evaluation, copied into biubug6/Pytorch_Retinaface and FeatherFace),
-re-written from its specification (design reference §3.2) as vectorised numpy:
+re-written from its specification (the official MATLAB / Python evaluation code) as vectorised numpy:
 
 1. every box of every prediction loaded is min-max normalised with one dataset-wide range; as in the reference the
    running minimum starts at 1 and the running maximum at 0, i.e. ``lo = min(1, min(scores))``,
@@ -35,7 +35,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -71,7 +71,7 @@ GT_FILES: dict[str, str] = {
     "hard": "wider_hard_val.mat",
 }
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ class GroundTruth:
             return int(sum(len(b) for b in self.boxes))
         return int(sum(len(k) for k in self.keep[setting]))
 
-    def subset(self, images: Iterable[str]) -> "GroundTruth":
+    def subset(self, images: Iterable[str]) -> GroundTruth:
         """The images named in ``images`` (``event/name[.jpg]`` or ``name``), kept in ground-truth order.
 
         Unknown names raise :class:`InputError`; this is how an image list (val-dev) restricts the evaluation, and it
@@ -511,7 +511,7 @@ class WiderResult:
     thresh_num: int
     ground_truth: str = ""
     extra: dict = field(default_factory=dict)
-    size_recall: "SizeRecall | None" = None  # set by the runner (featherface.eval.per_size); not in to_dict()
+    size_recall: SizeRecall | None = None  # set by the runner (featherface.eval.per_size); not in to_dict()
     #: ground-truth images with a prediction entry (a file), even an empty one; None when not counted
     num_images_with_prediction_files: int | None = None
 
@@ -547,8 +547,8 @@ class WiderResult:
             "thresh_num": self.thresh_num,
             "ground_truth": self.ground_truth,
             "algorithm": "official WIDER FACE (dataset-wide min-max score normalisation, per-image stable sort, "
-            "IoU >= %g with +1 convention, ignored faces excluded, %d thresholds, VOC all-point AP)"
-            % (self.iou_threshold, self.thresh_num),
+            f"IoU >= {self.iou_threshold:g} with +1 convention, ignored faces excluded, {int(self.thresh_num)} "
+            "thresholds, VOC all-point AP)",
             **self.extra,
         }
 

@@ -30,19 +30,20 @@ import dataclasses
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from featherface.version import __version__
 from featherface.errors import FeatherFaceError
 from featherface.fsutil import atomic_path
 from featherface.geometry.anchors import anchor_spec_of
 from featherface.preprocessing import DEFAULT_PREPROCESSING
+from featherface.version import __version__
 
 __all__ = ["DEFAULT_OPSET", "export_onnx", "export_friendly", "onnx_metadata", "check_parity", "RAW_OUTPUTS"]
 

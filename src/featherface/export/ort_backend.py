@@ -91,10 +91,10 @@ class OrtModel:
         self.metadata = meta
         self.input_name = self.session.get_inputs()[0].name
 
-    def to(self, *args, **kwargs) -> "OrtModel":  # device moves are meaningless here (CPU provider)
+    def to(self, *args, **kwargs) -> OrtModel:  # device moves are meaningless here (CPU provider)
         return self
 
-    def eval(self) -> "OrtModel":
+    def eval(self) -> OrtModel:
         return self
 
     def run_numpy(self, x: np.ndarray) -> list[np.ndarray]:

@@ -13,22 +13,32 @@ from typing import Any
 # Imported eagerly: the function names ``nms`` and ``postprocess`` must shadow their submodules' names.
 from featherface.geometry.landmarks import LANDMARK_MIRROR, LANDMARK_NAMES, mirror_points
 from featherface.geometry.nms import nms, nms_np
-from featherface.geometry.postprocess import (NMS_PIXEL_OFFSET, Detections, decode_detections, postprocess,
-                                              postprocess_batch, select_detections)
+from featherface.geometry.postprocess import (
+    NMS_PIXEL_OFFSET,
+    Detections,
+    decode_detections,
+    postprocess,
+    postprocess_batch,
+    select_detections,
+)
 
-_EXPORTS = {
+_LAZY = {
     "anchors": ("AnchorSpec", "DEFAULT_ANCHORS", "DEFAULT_MIN_SIZES", "DEFAULT_STEPS", "anchor_spec_of", "make_anchors",
                 "num_anchors"),
     "boxes": ("MAX_LOG_SCALE", "VARIANCES", "box_iou", "box_iou_np", "cxcywh_to_xyxy", "decode_boxes",
               "decode_landmarks", "encode_boxes", "encode_landmarks", "xyxy_to_cxcywh"),
-    "landmarks": ("LANDMARK_MIRROR", "LANDMARK_NAMES", "mirror_points"),
-    "nms": ("nms", "nms_np"),
-    "postprocess": ("NMS_PIXEL_OFFSET", "Detections", "decode_detections", "postprocess", "postprocess_batch",
-                    "select_detections"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    # landmarks, NMS, post-processing (imported above)
+    "LANDMARK_MIRROR", "LANDMARK_NAMES", "mirror_points", "nms", "nms_np", "NMS_PIXEL_OFFSET", "Detections",
+    "decode_detections", "postprocess", "postprocess_batch", "select_detections",
+    # anchors, box coding (imported on first use)
+    "AnchorSpec", "DEFAULT_ANCHORS", "DEFAULT_MIN_SIZES", "DEFAULT_STEPS", "anchor_spec_of", "make_anchors",
+    "num_anchors", "MAX_LOG_SCALE", "VARIANCES", "box_iou", "box_iou_np", "cxcywh_to_xyxy", "decode_boxes",
+    "decode_landmarks", "encode_boxes", "encode_landmarks", "xyxy_to_cxcywh",
+]
 
 
 def __getattr__(name: str) -> Any:

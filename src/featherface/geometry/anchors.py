@@ -15,9 +15,10 @@ in-graph post-processing; :data:`DEFAULT_ANCHORS` (upstream ``cfg_mnet``) is the
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -14,7 +14,7 @@ Conventions (every function states its own):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -20,7 +20,8 @@ torch (only :func:`decode_detections` / :func:`postprocess` need it).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 

@@ -129,8 +129,10 @@ class ChannelGatePlus(nn.Module):
             return self.mlp(v)
         if c > self.channels:
             raise ValueError(f"ChannelGatePlus built for {self.channels} channels got {c}")
-        hidden = F.relu(F.linear(v, self.mlp[0].weight[:, :c]))
-        return F.linear(hidden, self.mlp[2].weight[:c])
+        first, last = self.mlp[0], self.mlp[2]
+        assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
+        hidden = F.relu(F.linear(v, first.weight[:, :c]))
+        return F.linear(hidden, last.weight[:c])
 
     def forward(self, x: Tensor) -> Tensor:
         att = self._mlp(x.mean(dim=(2, 3))) + self._mlp(x.amax(dim=(2, 3)))
@@ -363,7 +365,7 @@ class SSH(nn.Module):
 
 def _grouped3x3(channels: int, groups: int, factorised: bool, in_channels: int | None = None) -> list[nn.Module]:
     cin = channels if in_channels is None else in_channels
-    if factorised:  # design reference §2.9 (a): 1×3 then 3×1, grouped, no BN in between
+    if factorised:  # V2 variant (a): 1×3 then 3×1, grouped, no BN in between
         return [nn.Conv2d(cin, channels, (1, 3), 1, (0, 1), groups=groups, bias=False),
                 nn.Conv2d(channels, channels, (3, 1), 1, (1, 0), groups=groups, bias=False)]
     return [nn.Conv2d(cin, channels, 3, 1, 1, groups=groups, bias=False)]
@@ -372,7 +374,7 @@ def _grouped3x3(channels: int, groups: int, factorised: bool, in_channels: int |
 class SSHGrouped(nn.Module):
     """V2 SSH: 1×1 reductions and grouped 3×3 convs (no deformable convs), ReLU; output C channels.
 
-    ``factorised=True`` replaces every grouped 3×3 by a grouped 1×3 + 3×1 pair (the seed report's description).
+    ``factorised=True`` replaces every grouped 3×3 by a grouped 1×3 + 3×1 pair (the V2 write-up's description).
     ``hidden``: widths of the two 1×1 reductions (3×3 branch, 5×5/7×7 branch); default ``(C/2, C/4)``. Pruned models
     set them lower (each a multiple of ``groups``).
     """
@@ -487,7 +489,7 @@ def apply_level_heads(class_heads: nn.ModuleList, box_heads: nn.ModuleList, land
 class SharedMultiHead(nn.Module):
     """V2 head for one level (or for all levels when shared): three 1×1 convs, optionally after a shared trunk.
 
-    ``trunk=True`` adds dw 3×3 + BN + ReLU + pw 1×1 + BN + ReLU before the three convs (§2.9 (c')).
+    ``trunk=True`` adds dw 3×3 + BN + ReLU + pw 1×1 + BN + ReLU before the three convs (V2 variant (c')).
     """
 
     def __init__(self, channels: int = 32, num_anchors: int = 2, trunk: bool = False) -> None:

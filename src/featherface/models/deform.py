@@ -99,7 +99,8 @@ class DeformableConv2d(nn.Module):
         self.regular_conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
         for conv in (self.offset_conv, self.modulator_conv):
             nn.init.zeros_(conv.weight)
-            nn.init.zeros_(conv.bias)
+            if conv.bias is not None:  # always (bias=True above)
+                nn.init.zeros_(conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         offset = self.offset_conv(x)

@@ -1,6 +1,6 @@
 """DropBlock (Ghiasi, Lin and Le, NeurIPS 2018) as a module inside the network.
 
-Unlike upstream V2 (design reference §2.4 D4, where it only touched detached copies of the features), this
+Unlike upstream V2 (defect D4 in docs/upstream-defects.md, where it only touched detached copies of the features), this
 is meant to sit on the forward path. It is the identity in ``eval()`` mode and when ``drop_prob == 0``.
 """
 

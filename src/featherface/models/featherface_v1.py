@@ -1,4 +1,4 @@
-"""FeatherFace V1, the teacher (design reference §1.2): MobileNetV1-0.25 → CBAM → 3×BiFPN(64) → CBAM → DCN-SSH →
+"""FeatherFace V1, the teacher (upstream layout): MobileNetV1-0.25 → CBAM → 3×BiFPN(64) → CBAM → DCN-SSH →
 channel shuffle → 1×1 heads. 592,371 trainable parameters; state-dict keys match upstream checkpoints."""
 
 from __future__ import annotations
@@ -8,9 +8,16 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from featherface.models.blocks import (CBAM, SSH, BiFPNCell, ChannelShuffleBlock, MobileNetV1Body, apply_level_heads,
-                                      make_level_heads)
 from featherface.geometry.anchors import DEFAULT_ANCHORS, AnchorSpec
+from featherface.models.blocks import (
+    CBAM,
+    SSH,
+    BiFPNCell,
+    ChannelShuffleBlock,
+    MobileNetV1Body,
+    apply_level_heads,
+    make_level_heads,
+)
 from featherface.models.outputs import DetectionOutput, check_anchor_layout
 from featherface.models.registration import register_model
 

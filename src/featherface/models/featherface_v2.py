@@ -1,7 +1,7 @@
-"""FeatherFace V2, the student (design reference §2.2): MobileNetV1-0.25 → shared-spatial CBAM → 2×BiFPN_Light(32) →
+"""FeatherFace V2, the student (upstream layout): MobileNetV1-0.25 → shared-spatial CBAM → 2×BiFPN_Light(32) →
 CBAM → grouped SSH → light channel shuffle → per-level heads. 256,156 trainable parameters with the defaults.
 
-The variants that the seed report describes but upstream never built (§2.9) and the ablation swaps of seed §6.1 are
+The variants that the V2 write-up describes but upstream never built ((a)-(d) below) and its ablation swaps are
 explicit config switches; their parameter counts are measured (``featherface info``), never assumed.
 """
 
@@ -13,10 +13,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from featherface.models.blocks import (CBAM, SSH, BiFPNCell, BiFPNLightCell, CBAMManager, ChannelShuffleLight,
-                                      MobileNetV1Body, SharedMultiHead, SSHGrouped)
 from featherface.geometry.anchors import DEFAULT_ANCHORS, AnchorSpec
-from featherface.models.outputs import DetectionOutput, check_anchor_layout as _check_anchor_layout
+from featherface.models.blocks import (
+    CBAM,
+    SSH,
+    BiFPNCell,
+    BiFPNLightCell,
+    CBAMManager,
+    ChannelShuffleLight,
+    MobileNetV1Body,
+    SharedMultiHead,
+    SSHGrouped,
+)
+from featherface.models.outputs import DetectionOutput
+from featherface.models.outputs import check_anchor_layout as _check_anchor_layout
 from featherface.models.registration import register_model
 
 __all__ = ["FeatherFaceV2Config", "FeatherFaceV2"]
@@ -31,9 +41,9 @@ _ATTENTION_KINDS = ("cbam_plus", "cbam_v1")
 class FeatherFaceV2Config:
     """V2 hyper-parameters. Defaults build the upstream 256,156-parameter model.
 
-    ssh: ``grouped`` (upstream), ``factorised`` (grouped 1×3 + 3×1, §2.9 a) or ``v1`` (V1's deformable SSH, ablation).
-    head: ``per_level`` (upstream), ``shared`` (one head for all levels, §2.9 c) or ``shared_trunk`` (§2.9 c').
-    shared_neck_cbam / shared_backbone_cbam: one channel gate for all levels (§2.9 b / b').
+    ssh: ``grouped`` (upstream), ``factorised`` (grouped 1×3 + 3×1, variant a) or ``v1`` (V1's deformable SSH, ablation).
+    head: ``per_level`` (upstream), ``shared`` (one head for all levels, variant c) or ``shared_trunk`` (c').
+    shared_neck_cbam / shared_backbone_cbam: one channel gate for all levels (variants b / b').
     neck: ``bifpn_light`` (upstream) or ``bifpn_v1`` (V1's BiFPN cell at V2 width, ablation).
     attention: ``cbam_plus`` (upstream) or ``cbam_v1`` (V1's CBAM per level, ablation).
     dropblock_prob: DropBlock on the neck features fed to the SSH, active in training only (0 disables it).
@@ -94,10 +104,10 @@ class FeatherFaceV2Config:
             widths.update({"ssh_hidden[0]": self.ssh_hidden[0], "ssh_hidden[1]": self.ssh_hidden[1]})
             if self.ssh == "v1":
                 raise ValueError("FeatherFaceV2Config.ssh_hidden needs a grouped SSH (ssh = 'grouped' or 'factorised')")
-        for field, value in widths.items():
-            if value is not None and (int(value) < g or int(value) % g):
-                raise ValueError(f"FeatherFaceV2Config.{field} must be a positive multiple of ssh_groups={g}, "
-                                 f"got {value}")
+        for name, width in widths.items():
+            if width is not None and (int(width) < g or int(width) % g):
+                raise ValueError(f"FeatherFaceV2Config.{name} must be a positive multiple of ssh_groups={g}, "
+                                 f"got {width}")
         if self.ssh_width % 4 or (self.ssh_width // 4) % g:
             raise ValueError(f"FeatherFaceV2Config SSH width {self.ssh_width} must split into C/2 + C/4 + C/4 "
                              f"with each part a multiple of ssh_groups={g}")
@@ -153,7 +163,7 @@ class FeatherFaceV2(nn.Module):
     def _ssh(cfg: FeatherFaceV2Config) -> nn.Module:
         if cfg.ssh == "v1":
             return SSH(cfg.channels, cfg.ssh_width)
-        hidden = tuple(int(h) for h in cfg.ssh_hidden) if cfg.ssh_hidden is not None else None
+        hidden = (int(cfg.ssh_hidden[0]), int(cfg.ssh_hidden[1])) if cfg.ssh_hidden is not None else None
         return SSHGrouped(cfg.channels, cfg.ssh_width, groups=cfg.ssh_groups, factorised=(cfg.ssh == "factorised"),
                           hidden=hidden)
 

@@ -140,8 +140,10 @@ class BatchNormAct2d(nn.BatchNorm2d):
         running = self.training and self.track_running_stats
         factor = 0.0
         if running:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            tracked = self.num_batches_tracked
+            assert tracked is not None  # track_running_stats
+            tracked.add_(1)
+            factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
         return _BatchNormActFn.apply(x, self.weight, self.bias, self.running_mean if running else None,
                                      self.running_var if running else None, factor, self.eps, self.activation,
                                      self.negative_slope)

@@ -14,10 +14,11 @@ from typing import Any
 
 from torch import nn
 
+from featherface.errors import FeatherFaceError, ModelNameError
+
 # The built-in models register themselves (featherface.models.registration) when imported; importing them here,
 # below the registration table they depend on, keeps the import graph acyclic.
 from featherface.models import featherface_v1, featherface_v2  # noqa: F401
-from featherface.errors import FeatherFaceError, ModelNameError
 from featherface.models.registration import REGISTRY, ModelEntry, register_model
 
 __all__ = ["register_model", "build_model", "list_models", "model_config", "config_from_dict", "ModelEntry"]
@@ -60,9 +61,10 @@ def build_model(name: str, config: Any = None, **overrides: Any) -> nn.Module:
     from featherface.preprocessing import DEFAULT_PREPROCESSING
 
     model = entry.builder(config)
-    model.model_name = name
-    model.config = config
-    model.preprocessing = DEFAULT_PREPROCESSING  # what the input must be; a checkpoint's own record replaces it
+    # plain attributes (nn.Module's __setattr__ types its values as tensors / modules, hence setattr)
+    setattr(model, "model_name", name)  # noqa: B010
+    setattr(model, "config", config)  # noqa: B010
+    setattr(model, "preprocessing", DEFAULT_PREPROCESSING)  # noqa: B010  (a checkpoint's own record replaces it)
     return model
 
 

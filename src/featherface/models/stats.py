@@ -48,7 +48,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 
 def parameter_table(model: nn.Module) -> list[ParamRow]:
-    """Parameters per architectural group (design reference §1.3 / §2.3 rows), in network order."""
+    """Parameters per architectural group (the upstream layout's module groups), in network order."""
     rows: dict[str, list] = {}
     for name, child in model.named_children():
         n = sum(p.numel() for p in child.parameters())

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 from typing import Any
+
+import tomllib
 
 from featherface.errors import FeatherFaceError
 

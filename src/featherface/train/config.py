@@ -24,10 +24,12 @@ of ``None`` means "not given" and never overrides the recipe.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+import tomllib
 
 from featherface.errors import FeatherFaceError
 
@@ -93,7 +95,7 @@ class OptimConfig:
 class ScheduleConfig:
     """Learning-rate schedule, stepped every iteration.
 
-    ``warmup_cosine`` (seed report §3.3, per iteration): linear warm-up over ``warmup_epochs`` from
+    ``warmup_cosine`` (the V2 recipe's schedule, per iteration): linear warm-up over ``warmup_epochs`` from
     ``warmup_start_factor * lr`` to ``lr``, then cosine to ``min_lr``. ``onecycle`` (paper / V1 ``train.py``):
     ``torch.optim.lr_scheduler.OneCycleLR`` with ``pct_start``, ``div_factor``, ``final_div_factor`` (the upstream
     defaults). ``constant``: fixed ``lr``.

@@ -1,6 +1,7 @@
-"""Knowledge distillation from a FeatherFace V1 teacher into a student (V2), fixing upstream D1–D5.
+"""Knowledge distillation from a FeatherFace V1 teacher into a student (V2), fixing upstream D1–D5
+(defect codes: docs/upstream-defects.md).
 
-Total loss of a batch (seed defaults α = 0.7, T = 4, λ = 0.1)::
+Total loss of a batch (defaults α = 0.7, T = 4, λ = 0.1, the V2 recipe's)::
 
     total = (1 − α) · task + α · KD + λ · feature
     task  = 2 · box + cls + landmark                              (DetectionLoss, named parts: D1 cannot recur)
@@ -34,7 +35,7 @@ The teacher must be frozen, in eval mode and run under ``torch.no_grad()`` on ex
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F

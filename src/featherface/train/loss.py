@@ -18,7 +18,8 @@ when ``"landmarks"`` is given. ``"ignore_boxes"`` ``FloatTensor[I, 4]`` (optiona
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,5 @@
-"""Anchor-to-face matching (RetinaFace / SSD rule, with the upstream T8 defect fixed).
+"""Anchor-to-face matching (RetinaFace / SSD rule, with the upstream defect T8 fixed;
+defect codes: docs/upstream-defects.md).
 
 Rule, for ground-truth boxes ``g`` and anchors ``a`` (IoU in corner form, continuous convention):
 

@@ -8,7 +8,7 @@ lag; with a long schedule it changes almost nothing.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

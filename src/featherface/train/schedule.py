@@ -1,6 +1,6 @@
 """Learning-rate schedules, stepped once per iteration (``scheduler.step()`` after every ``optimizer.step()``).
 
-* ``warmup_cosine`` — the seed report's schedule (§3.3) made per-iteration (upstream V2 changed the LR once per
+* ``warmup_cosine`` — the V2 recipe's schedule (docs/training.md) made per-iteration (upstream V2 changed the LR once per
   epoch): linear warm-up over ``warmup_epochs`` from ``warmup_start_factor * lr`` to ``lr``, then
   ``min_lr + (lr - min_lr) * (1 + cos(pi * t)) / 2`` with ``t`` going 0 → 1 over the remaining iterations;
 * ``onecycle`` — ``torch.optim.lr_scheduler.OneCycleLR`` as V1's ``train.py`` uses it (max_lr = lr, pct_start 0.3,
@@ -8,7 +8,7 @@
 * ``constant``.
 
 All are built from the total iteration count, and their ``state_dict`` goes into every checkpoint, so a resumed
-run continues the same curve (upstream restarted it, T1).
+run continues the same curve (upstream restarted it, defect T1 in docs/upstream-defects.md).
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ of each epoch, and only rank 0 writes files and prints.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -45,6 +44,7 @@ from featherface.checkpoint import (
     read_checkpoint,
     read_state_dict,
 )
+from featherface.devices import torch_threads
 from featherface.errors import FeatherFaceError
 from featherface.models.fused_norm import fuse_batchnorm_activation
 from featherface.models.registry import build_model
@@ -170,18 +170,6 @@ def prepare_student(model: nn.Module, *, fused_bn: bool, compile_model: bool, ch
     if channels_last:
         model.to(memory_format=memory_format)
     return memory_format
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None):
-    """Run the block with ``torch.set_num_threads(threads)`` (None: unchanged), restoring the previous count."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _dist_env() -> tuple[int, int, int]:
