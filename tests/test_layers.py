@@ -193,3 +193,17 @@ def test_help_imports_neither_torch_nor_onnxruntime():
                                     "featherface.eval.protocols"])
 def test_modules_that_run_no_model_import_no_torch(module):
     assert _heavy_modules_after(f"import {module}") == []
+
+
+def test_readme_layout_names_every_module_and_package():
+    readme = (SRC.parent / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    entries = sorted(p.name for p in PKG.iterdir()
+                     if (p.suffix == ".py" and p.name not in ("__init__.py", "__main__.py"))
+                     or (p.is_dir() and (p / "__init__.py").exists()))
+    missing = [e for e in entries if (e if e.endswith(".py") else e + "/") not in block]
+    assert not missing, f"README Layout does not mention {missing}"
+    for sub in ("geometry", "prune"):  # the stage-per-module packages list their files
+        for f in sorted((PKG / sub).glob("*.py")):
+            if f.name != "__init__.py":
+                assert f.name in block, f"README Layout does not mention {sub}/{f.name}"
