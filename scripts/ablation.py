@@ -1,4 +1,6 @@
-"""Ablation of the seed report §6.1, measured on the shipping recipe: V2 with one of its blocks swapped back for V1's.
+"""Ablation, measured on the shipping recipe: V2 with one of its blocks swapped back for V1's.
+
+Planned by the V2 write-up; its projected table is quoted in docs/ablation.md.
 
     OMP_WAIT_POLICY=PASSIVE python scripts/ablation.py --plan-only     # the budget per arm and its estimated time
     OMP_WAIT_POLICY=PASSIVE python scripts/ablation.py                 # run (resumable: rerun the same command)
@@ -32,7 +34,7 @@ study.set_omp_env()
 
 TABLES = [{
     "stem": "ablation",
-    "title": "Ablation (seed report §6.1), measured",
+    "title": "Ablation (the V2 write-up's plan, docs/ablation.md), measured",
     "arms": [a.name for a in study.ABLATION_ARMS],
     "cols": [("Switch", lambda a: a.switch)],
     "intro": "V2 against V2 with one block swapped back for V1's, each distilled from the V1 teacher (α 0.7, T 4).",

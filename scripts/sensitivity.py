@@ -1,5 +1,6 @@
-"""Sensitivity of the distillation (seed report §6.2), measured on the shipping recipe: temperature, weight, and
-no distillation at all.
+"""Sensitivity of the distillation, measured on the shipping recipe: temperature, weight, and no distillation at all.
+
+Planned by the V2 write-up; its projected figures are quoted in docs/ablation.md.
 
     OMP_WAIT_POLICY=PASSIVE python scripts/sensitivity.py --plan-only  # the budget per arm and its estimated time
     OMP_WAIT_POLICY=PASSIVE python scripts/sensitivity.py              # run (resumable: rerun the same command)

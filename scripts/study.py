@@ -36,9 +36,10 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
@@ -412,12 +413,13 @@ def evaluate_arm(ctx: StudyContext, arm: Arm, cfg, last: Path) -> dict[str, Any]
     """Precise-BN on a copy of ``last``'s weights (trainable BNs only), then val-dev AP and Hard recall by size."""
     from featherface.api import FaceDetector
     from featherface.checkpoint import load_model, save_checkpoint
+    from featherface.devices import torch_threads
     from featherface.eval.protocols import parse_protocol
     from featherface.eval.runner import evaluate_detector
     from featherface.models.stats import count_parameters
     from featherface.train.freeze import freeze_module, unfreeze_module
     from featherface.train.precise_bn import recompute_bn_stats
-    from featherface.train.trainer import read_training_state, torch_threads
+    from featherface.train.trainer import read_training_state
 
     run_dir = ctx.study_dir / arm.name
     extra = read_training_state(last)["extra"]
@@ -672,9 +674,11 @@ def run_study(runner: str, arms: Sequence[Arm], tables: Sequence[dict[str, Any]]
     command = command_line(f"scripts/{runner}.py", argv)
 
     from featherface.eval.runner import evenly_spaced, list_images
+    from featherface.train.cli import with_default_paths
     from featherface.train.config import config_to_dict, load_config
 
-    recipe = config_to_dict(load_config(args.recipe))
+    # the library has no data-path defaults; like `featherface train`, fill the recipe's unset ones (../shared)
+    recipe = config_to_dict(with_default_paths(load_config(args.recipe)))
     labels = _abs(recipe["data"]["train_labels"])
     n_total = count_label_images(labels)
     batch = args.batch_size or int(recipe["data"]["batch_size"])
