@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from featherface.cliargs import non_negative_int, positive_int
+from featherface.cliargs import frame_size, non_negative_int, positive_int
 
 __all__ = ["configure", "run"]
 
@@ -50,22 +50,12 @@ _V1_TEACHER = _REPO.parent / "shared" / "peers" / "featherface" / "featherface_t
 _PEERS = _HERE / "peers"
 
 
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH such as 640x480, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be > 0, got {text!r}")
-    return h, w
-
-
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--v2", default="featherface_v2",
                    help="V2 checkpoint (default: untrained featherface_v2 with quietened class heads, see "
                         "_quiet_untrained: the forward cost does not depend on the weights)")
     p.add_argument("--v1", default=None, help=f"also benchmark V1 (e.g. {_V1_TEACHER})")
-    p.add_argument("--sizes", type=_hw, nargs="+", default=[(480, 640), (640, 640)], help="WxH frames (640x480 ...)")
+    p.add_argument("--sizes", type=frame_size, nargs="+", default=[(480, 640), (640, 640)], help="WxH frames (640x480 ...)")
     p.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
     p.add_argument("--runs", type=positive_int, default=30)
     p.add_argument("--warmup", type=non_negative_int, default=3)

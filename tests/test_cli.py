@@ -92,3 +92,14 @@ def test_info_prints_the_tables():
     proc = subprocess.run([sys.executable, "-m", "featherface", "info", "featherface_v1"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "592,371" in proc.stdout and "488,661" in proc.stdout and "MACs at 640x640" in proc.stdout
+
+
+def test_one_size_spelling_width_by_height():
+    import argparse
+
+    from featherface.cliargs import frame_size
+
+    assert frame_size("640x480") == (480, 640) and frame_size("96×64") == (64, 96)
+    for bad in ("640", "0x5", "axb"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            frame_size(bad)

@@ -12,7 +12,8 @@ import math
 from featherface.devices import check_device
 
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
-           "open_unit_interval", "open_unit_interval_excl", "percentile", "device", "port", "check_device"]
+           "open_unit_interval", "open_unit_interval_excl", "percentile", "device", "port", "check_device",
+           "frame_size"]
 
 
 
@@ -102,3 +103,15 @@ def percentile(text: str) -> float:
     if not 0.0 < value <= 100.0:
         raise argparse.ArgumentTypeError(f"must be a percentile in (0, 100], got {text!r}")
     return value
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """An image size written ``WxH`` as resolutions are (``640x480``: 640 wide, 480 high) → ``(height, width)``.
+    The one size spelling of the command line and the scripts."""
+    try:
+        w, h = (int(v) for v in str(text).lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 640x480, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be > 0, got {text!r}")
+    return h, w

@@ -9,23 +9,13 @@ import argparse
 import json
 from pathlib import Path
 
-from featherface.cliargs import open_unit_interval_excl, percentile, positive_int
+from featherface.cliargs import frame_size, open_unit_interval_excl, percentile, positive_int
 from featherface.errors import FeatherFaceError
 
 __all__ = ["configure_parser", "run", "configure_quantize_parser", "run_quantize", "configure_prune_parser",
            "run_prune"]
 
 _DATA = Path("..") / "shared" / "data" / "widerface"  # relative to the working directory, as the train recipes
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 64x96, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be > 0, got {text!r}")
-    return h, w
 
 
 # ----------------------------------------------------------------------------------------------------------- export
@@ -36,9 +26,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--with-postprocess", action="store_true",
                    help="anchors, decoding and NonMaxSuppression in the graph; score/IoU thresholds become inputs")
     p.add_argument("--max-detections", type=positive_int, default=750, help="faces per image kept after NMS (in-graph only)")
-    p.add_argument("--example-size", type=_size, default=(64, 96), help="HxW of the tracing input (axes stay dynamic)")
-    p.add_argument("--parity-sizes", type=_size, nargs="*", default=[(64, 96), (96, 64)],
-                   help="HxW sizes at which ONNX Runtime is compared with PyTorch after a raw export")
+    p.add_argument("--example-size", type=frame_size, default=(64, 96), metavar="WxH",
+                   help="size of the tracing input, width x height (default 96x64; the axes stay dynamic)")
+    p.add_argument("--parity-sizes", type=frame_size, nargs="*", default=[(64, 96), (96, 64)], metavar="WxH",
+                   help="sizes (width x height) at which ONNX Runtime is compared with PyTorch after a raw export "
+                        "(default 96x64 64x96)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
 
 
@@ -54,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_check and not args.with_postprocess and args.parity_sizes:
         err = check_parity(model, path, sizes=args.parity_sizes, batch=2)
         msg["parity_max_abs_diff"] = err
-        msg["parity_sizes"] = [f"{h}x{w}" for h, w in args.parity_sizes]
+        msg["parity_sizes"] = [f"{w}x{h}" for h, w in args.parity_sizes]
         if err >= 1e-4:
             raise FeatherFaceError(f"parity check failed: max abs difference {err:.3g} >= 1e-4")
     print(json.dumps(msg))
