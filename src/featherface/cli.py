@@ -21,6 +21,8 @@ from featherface.version import __version__
 # name -> (module, configure function, run function, help)
 _COMMANDS = {
     "detect": ("featherface.commands.detect", "configure_parser", "run", "detect faces in images, folders, videos, webcams"),
+    "detect-batch": ("featherface.batch.cli", "configure_parser", "run",
+                     "detect faces in many images on Ray Data (local or a cluster) into Parquet; resumable"),
     "info": ("featherface.commands.info", "configure_parser", "run", "parameter table, thop count and MACs of a model"),
     "check-teacher": ("featherface.commands.check_teacher", "configure_parser", "run",
                       "check that a checkpoint is a usable FeatherFace V1 teacher"),
