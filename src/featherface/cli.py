@@ -21,7 +21,7 @@ from featherface.version import __version__
 # name -> (module, configure function, run function, help)
 _COMMANDS = {
     "detect": ("featherface.commands.detect", "configure_parser", "run", "detect faces in images, folders, videos, webcams"),
-    "detect-batch": ("featherface.batch.cli", "configure_parser", "run",
+    "detect-batch": ("featherface.commands.detect_batch", "configure_parser", "run",
                      "detect faces in many images on Ray Data (local or a cluster) into Parquet; resumable"),
     "info": ("featherface.commands.info", "configure_parser", "run", "parameter table, thop count and MACs of a model"),
     "check-teacher": ("featherface.commands.check_teacher", "configure_parser", "run",

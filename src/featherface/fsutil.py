@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 __all__ = ["AtomicFile", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_path",
-           "remove_stale_temps", "reserve_temp", "commit_temp", "discard_temp"]
+           "remove_stale_temps", "reserve_temp", "commit_temp", "discard_temp", "pid_alive"]
 
 _OURS = re.compile(r"ff(?P<pid>\d+)-[0-9a-f]+\.tmp(?:\.[A-Za-z0-9]+)?")
 _LEGACY = re.compile(r"[A-Za-z0-9_]{8}\.tmp")  # tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
@@ -30,7 +30,8 @@ _LEGACY_AGE_S = 120.0
 _MAX_AGE_S = 24 * 3600.0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id is running on this machine (a temp file's writer, say)."""
     if pid == os.getpid():
         return True
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows: trust the age rule there
@@ -66,7 +67,7 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
             continue
         m = _OURS.fullmatch(rest)
         if m:
-            stale = age > _MAX_AGE_S or not _pid_alive(int(m.group("pid")))
+            stale = age > _MAX_AGE_S or not pid_alive(int(m.group("pid")))
         else:
             stale = bool(_LEGACY.fullmatch(rest)) and age > _LEGACY_AGE_S
         if stale:

@@ -26,7 +26,7 @@ from typing import Any
 
 from featherface.errors import FeatherFaceError
 
-__all__ = ["INSTALL_HINT", "BatchSummary", "detect_batch", "resolve_onnx", "ray_available"]
+__all__ = ["INSTALL_HINT", "BatchSummary", "detect_batch", "resolve_onnx", "ray_available", "require_ray"]
 
 INSTALL_HINT = "Ray Data is not installed: pip install \"featherface[ray]\" (or pip install \"ray[data]\")"
 
@@ -35,7 +35,7 @@ def ray_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("ray", "pyarrow"))
 
 
-def _require_ray() -> None:
+def require_ray() -> None:
     if not ray_available():
         raise FeatherFaceError(INSTALL_HINT)
     if importlib.util.find_spec("ray.data") is None:  # pragma: no cover - ray without its data extra
@@ -180,7 +180,7 @@ def detect_batch(source: str | os.PathLike, output: str | os.PathLike, *, model:
     from featherface.batch.output import OutputStore, PartWriter
     from featherface.batch.sources import is_uri, list_images
 
-    _require_ray()
+    require_ray()
     for name, value, lo in (("batch_size", batch_size, 1), ("threads", threads, 1),
                             ("rows_per_file", rows_per_file, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < lo:

@@ -128,7 +128,7 @@ class OutputStore:
         return [n for n in self._names() if _PART.fullmatch(n)]
 
     def _remove_stale_temps(self) -> None:
-        from featherface.fsutil import _pid_alive
+        from featherface.fsutil import pid_alive
 
         try:
             entries = os.listdir(self.base)
@@ -136,7 +136,7 @@ class OutputStore:
             return
         for name in entries:
             m = _STALE_TEMP.fullmatch(name)
-            if m and not _pid_alive(int(m.group("pid"))):
+            if m and not pid_alive(int(m.group("pid"))):
                 try:
                     os.unlink(os.path.join(self.base, name))
                 except OSError:

@@ -215,7 +215,7 @@ def _list_uri(source: str, out: Listing, seen: set[str], root: str | None) -> No
     _add_list_entries(_read_list_lines(text, source), list_root, out, seen)
 
 
-def _glob_regex(pattern: str) -> "re.Pattern[str]":
+def _glob_regex(pattern: str) -> re.Pattern[str]:
     """Regex for a glob over ``/``-separated paths: ``*`` and ``?`` stay inside one folder, ``[...]`` is a character
     class, a ``**`` component spans any number of folders (including none)."""
     out: list[str] = []

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,7 @@ class DetectorActor:
     set, never an exception.
     """
 
-    def __init__(self, model: "bytes | list", *, score_threshold: float = 0.5, nms_threshold: float = 0.4,
+    def __init__(self, model: bytes | list, *, score_threshold: float = 0.5, nms_threshold: float = 0.4,
                  resize: Any = None, max_side: int | None = 2560, max_pixels: int | None = 100_000_000,
                  threads: int = 1, filesystems: dict[str, Any] | None = None, read_threads: int = 8) -> None:
         import cv2

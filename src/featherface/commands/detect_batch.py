@@ -93,9 +93,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from featherface.batch.job import _require_ray
+    from featherface.batch.job import require_ray
 
-    _require_ray()  # one line (exit 2) before anything else when Ray is not installed
+    require_ray()  # one line (exit 2) before anything else when Ray is not installed
     from featherface.batch.job import detect_batch
 
     summary = detect_batch(
