@@ -374,6 +374,19 @@ def test_bad_arguments_are_one_line_usage_errors(capsys, argv, needle):
     assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("argv,needle", [
+    (["--threads", "0"], "argument --threads: must be an integer >= 1"),
+    (["--device", "banana"], "argument --device: unknown device 'banana'"),
+    (["--batch-size", "-3"], "argument --batch-size: must be an integer >= 1"),
+    (["--epochs", "0"], "argument --epochs: must be an integer >= 1"),
+])
+def test_bad_train_arguments_are_one_line_usage_errors(capsys, argv, needle):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", "configs/ship_v2_640.toml", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_a_gpu_says_so(capsys, ckpt):
     with pytest.raises(SystemExit):

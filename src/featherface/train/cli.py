@@ -18,6 +18,7 @@ from typing import Any
 
 import tomllib
 
+from featherface import cliargs
 from featherface.errors import FeatherFaceError
 
 __all__ = ["DEFAULT_PATHS", "configure_parser", "run", "build_config", "with_default_paths", "main"]
@@ -54,24 +55,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="featherface_v1 or featherface_v2")
     g.add_argument("--name", help="run name: files go to OUTPUT_DIR/NAME/")
     g.add_argument("--output-dir", help="parent folder of runs (default runs)")
-    g.add_argument("--epochs", type=int)
+    g.add_argument("--epochs", type=cliargs.positive_int)
     g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="cpu, cuda, cuda:1 ...")
-    g.add_argument("--threads", type=int, help="torch intra-op threads")
+    g.add_argument("--device", type=cliargs.device, help="cpu, cuda, cuda:1 ...")
+    g.add_argument("--threads", type=cliargs.positive_int, help="torch intra-op threads")
     g.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the student's forward (faster steps after minutes of compiling; needs g++)")
     g.add_argument("--init-backbone", metavar="CHECKPOINT", help="initialise the backbone (body.*) from this file")
-    g.add_argument("--log-every", type=int, help="write a metrics line every N iterations")
+    g.add_argument("--log-every", type=cliargs.non_negative_int, help="write a metrics line every N iterations")
     d = parser.add_argument_group("data")
     d.add_argument("--train-labels", metavar="LABEL_TXT")
     d.add_argument("--train-images", metavar="DIR")
-    d.add_argument("--image-size", type=int)
-    d.add_argument("--batch-size", type=int, help="per process")
-    d.add_argument("--workers", type=int, help="DataLoader workers")
-    d.add_argument("--max-images", type=int, help="train on the first N images only")
+    d.add_argument("--image-size", type=cliargs.positive_int)
+    d.add_argument("--batch-size", type=cliargs.positive_int, help="per process")
+    d.add_argument("--workers", type=cliargs.non_negative_int, help="DataLoader workers")
+    d.add_argument("--max-images", type=cliargs.positive_int, help="train on the first N images only")
     o = parser.add_argument_group("optimisation")
-    o.add_argument("--lr", type=float)
-    o.add_argument("--weight-decay", type=float)
+    o.add_argument("--lr", type=cliargs.positive_float)
+    o.add_argument("--weight-decay", type=cliargs.non_negative_float)
     o.add_argument("--schedule", choices=("warmup_cosine", "onecycle", "constant"))
     o.add_argument("--warmup-epochs", type=float)
     k = parser.add_argument_group("distillation")

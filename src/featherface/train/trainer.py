@@ -247,10 +247,13 @@ def plot_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> No
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from featherface.fsutil import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------ trainer
