@@ -44,6 +44,7 @@ from featherface.errors import InputError
 from featherface.fsutil import atomic_write_bytes
 
 __all__ = [
+    "decode_image_bytes",
     "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "WRITABLE_IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "ImageHeader",
     "DecodedImage", "apply_orientation", "read_header", "decode_image", "load_image", "to_bgr_uint8", "captured_stderr",
     "write_image_atomic",
@@ -349,7 +350,18 @@ def _decode_file(path: Path, *, max_pixels: int | None, target_side: Callable[[i
         data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile + imdecode handles non-ASCII paths on every OS
     except OSError as exc:
         raise InputError(f"{name}: cannot read ({exc.strerror or exc})") from None
-    header = read_header(memoryview(data))
+    return decode_image_bytes(data, name, max_pixels=max_pixels, target_side=target_side)
+
+
+def decode_image_bytes(data: bytes | memoryview | np.ndarray, name: str, *, max_pixels: int | None,
+                       target_side: Callable[[int, int], float] | None = None) -> DecodedImage:
+    """Decode encoded image bytes exactly as :func:`decode_image` decodes the file holding them (header first: pixel
+    budget, reduced JPEG decode when ``target_side(h, w)`` allows, the decoder's integrity verdict, EXIF orientation);
+    ``name`` (a path or URI) is used in error messages."""
+    arr = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    if arr.size == 0:
+        raise InputError(f"{name}: empty file (0 bytes)")
+    header = read_header(memoryview(arr))
     reduce = 1
     orientation = 1
     if header is not None:
@@ -361,8 +373,8 @@ def _decode_file(path: Path, *, max_pixels: int | None, target_side: Callable[[i
         decoded = pixels if header.progressive else math.ceil(header.width / reduce) * math.ceil(header.height / reduce)
         if max_pixels is not None and decoded > max_pixels:
             raise _budget_error(name, up_w, up_h, decoded, max_pixels)
-    image = _decode_bytes(data, name, header, reduce)
-    del data
+    image = _decode_bytes(arr, name, header, reduce)
+    del arr
     image = apply_orientation(to_bgr_uint8(image, name=name), orientation)
     if header is not None and reduce > 1:
         up_w, up_h = header.upright_size

@@ -1,24 +1,21 @@
 """What runs inside a Ray actor: read an image's bytes, decode them as :mod:`featherface.imageio` decodes a file,
 detect with a :class:`featherface.api.FaceDetector` on ONNX Runtime, and turn the faces into an Arrow row.
 
-:func:`decode_image_bytes` is the bytes twin of ``imageio.decode_image(path)``: the same header-first pixel budget,
-reduced JPEG decode, libjpeg damage check, EXIF orientation and error texts (built from the same imageio helpers; a
-test checks that both give the same array or the same message on good and bad files).
+:func:`featherface.imageio.decode_image_bytes` (re-exported here) is the one decoder ``imageio.decode_image(path)``
+also uses: the same header-first pixel budget, reduced JPEG decode, libjpeg damage check, EXIF orientation and error
+texts (a test checks that both give the same array or the same message on good and bad files).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from featherface.api import LANDMARK_NAMES
 from featherface.errors import FeatherFaceError, InputError
+from featherface.imageio import decode_image_bytes
 
 __all__ = ["arrow_schema", "decode_image_bytes", "read_bytes", "DetectorActor", "error_text"]
 
@@ -35,36 +32,6 @@ def arrow_schema():
                       *[(name, point) for name in LANDMARK_NAMES]])
     return pa.schema([("path", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
                       ("num_faces", pa.int32()), ("faces", pa.list_(face)), ("error", pa.string())])
-
-
-def decode_image_bytes(data: bytes | memoryview | np.ndarray, name: str, *, max_pixels: int | None,
-                       target_side: Callable[[int, int], float] | None = None):
-    """Decode encoded image bytes exactly like ``featherface.imageio.decode_image(path)`` decodes the file holding
-    them; ``name`` is used in error messages (the image's path or URI). Returns a ``DecodedImage``."""
-    from featherface import imageio as iio
-
-    arr = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
-    if arr.size == 0:
-        raise InputError(f"{name}: empty file (0 bytes)")
-    header = iio.read_header(memoryview(arr))
-    reduce = 1
-    orientation = 1
-    if header is not None:
-        orientation = header.orientation
-        up_w, up_h = header.upright_size
-        if header.format == "JPEG" and target_side is not None:
-            reduce = iio._reduction(up_w, up_h, target_side(up_h, up_w))
-        pixels = header.width * header.height
-        decoded = pixels if header.progressive else math.ceil(header.width / reduce) * math.ceil(header.height / reduce)
-        if max_pixels is not None and decoded > max_pixels:
-            raise iio._budget_error(name, up_w, up_h, decoded, max_pixels)
-    image = iio._decode_bytes(arr, name, header, reduce)
-    image = iio.apply_orientation(iio.to_bgr_uint8(image, name=name), orientation)
-    if header is not None and reduce > 1:
-        up_w, up_h = header.upright_size
-    else:
-        up_h, up_w = image.shape[:2]
-    return iio.DecodedImage(image, up_w, up_h)
 
 
 def read_bytes(key: str, filesystems: dict[str, Any]) -> bytes:
