@@ -11,7 +11,7 @@ import math
 
 from featherface.devices import check_device
 
-__all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
+__all__ = ["resize_spec", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
            "open_unit_interval", "open_unit_interval_excl", "percentile", "device", "port", "check_device",
            "frame_size"]
 
@@ -115,3 +115,16 @@ def frame_size(text: str) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise argparse.ArgumentTypeError(f"sizes must be > 0, got {text!r}")
     return h, w
+
+
+def resize_spec(text: str) -> str:
+    """``--resize``: ``'original'`` (or ``none``) or a longest side in pixels, at least 32 (returned as text)."""
+    if text.strip().lower() in ("original", "none"):
+        return "original"
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'original' or a longest side in pixels, got {text!r}") from None
+    if n < 32:
+        raise argparse.ArgumentTypeError(f"longest side must be >= 32 pixels, got {text!r}")
+    return str(n)

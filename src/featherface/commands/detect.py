@@ -23,6 +23,7 @@ from featherface.cliargs import (
     open_unit_interval,
     positive_int,
     probability,
+    resize_spec,
 )
 from featherface.errors import FeatherFaceError, InputError, describe_os_error
 from featherface.fsutil import AtomicFile, commit_temp, discard_temp, reserve_temp
@@ -43,17 +44,6 @@ EPILOG = """examples:
 """
 
 
-def _resize_arg(text: str) -> str:
-    if text.strip().lower() in ("original", "none"):
-        return "original"
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'original' or a longest side in pixels, got {text!r}") from None
-    if n < 32:
-        raise argparse.ArgumentTypeError(f"longest side must be >= 32 pixels, got {text!r}")
-    return str(n)
-
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -64,7 +54,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="checkpoint path (ours or upstream FeatherFace V1); default: the bundled V2 weights")
     p.add_argument("--score", type=probability, default=0.5, help="score threshold in [0, 1] (default 0.5)")
     p.add_argument("--nms", type=open_unit_interval, default=0.4, help="NMS IoU threshold in (0, 1] (default 0.4)")
-    p.add_argument("--resize", type=_resize_arg, default="original",
+    p.add_argument("--resize", type=resize_spec, default="original",
                    help="'original' or the longest side in pixels, >= 32 (default original)")
     p.add_argument("--max-side", type=non_negative_int, default=2560,
                    help="never exceed this longest side (memory guard; 0 = off; default 2560)")

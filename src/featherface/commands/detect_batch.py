@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from featherface.cliargs import non_negative_float, non_negative_int, open_unit_interval, positive_int, probability
+from featherface.cliargs import (
+    non_negative_float,
+    non_negative_int,
+    open_unit_interval,
+    positive_int,
+    probability,
+    resize_spec,
+)
 
 DESCRIPTION = """detect faces in many images with Ray Data (a local Ray, or a cluster with --address)
 
@@ -39,18 +46,6 @@ reading the output: pandas.read_parquet("OUTPUT"), duckdb "SELECT * FROM 'OUTPUT
 """
 
 
-def _resize_arg(text: str) -> str:
-    """'original' or a longest side >= 32, as ``featherface detect --resize`` takes it."""
-    if text.strip().lower() in ("original", "none"):
-        return "original"
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'original' or a longest side in pixels, got {text!r}") from None
-    if n < 32:
-        raise argparse.ArgumentTypeError(f"longest side must be >= 32 pixels, got {text!r}")
-    return str(n)
-
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -65,7 +60,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="checkpoint (exported to ONNX once, cached) or raw .onnx export; default: the bundled weights")
     p.add_argument("--score", type=probability, default=0.5, help="score threshold in [0, 1] (default 0.5)")
     p.add_argument("--nms", type=open_unit_interval, default=0.4, help="NMS IoU threshold in (0, 1] (default 0.4)")
-    p.add_argument("--resize", type=_resize_arg, default="original",
+    p.add_argument("--resize", type=resize_spec, default="original",
                    help="'original' or the longest side in pixels, >= 32 (default original)")
     p.add_argument("--max-side", type=non_negative_int, default=2560,
                    help="never exceed this longest side (memory guard; 0 = off; default 2560)")
