@@ -11,7 +11,7 @@ import math
 
 from featherface.devices import check_device
 
-__all__ = ["resize_spec", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
+__all__ = ["add_detection_options", "resize_spec", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "probability",
            "open_unit_interval", "open_unit_interval_excl", "percentile", "device", "port", "check_device",
            "frame_size"]
 
@@ -128,3 +128,16 @@ def resize_spec(text: str) -> str:
     if n < 32:
         raise argparse.ArgumentTypeError(f"longest side must be >= 32 pixels, got {text!r}")
     return str(n)
+
+
+def add_detection_options(p: argparse.ArgumentParser) -> None:
+    """The detector options ``detect`` and ``detect-batch`` share: --score, --nms, --resize, --max-side,
+    --max-megapixels (same types, defaults and help)."""
+    p.add_argument("--score", type=probability, default=0.5, help="score threshold in [0, 1] (default 0.5)")
+    p.add_argument("--nms", type=open_unit_interval, default=0.4, help="NMS IoU threshold in (0, 1] (default 0.4)")
+    p.add_argument("--resize", type=resize_spec, default="original",
+                   help="'original' or the longest side in pixels, >= 32 (default original)")
+    p.add_argument("--max-side", type=non_negative_int, default=2560,
+                   help="never exceed this longest side (memory guard; 0 = off; default 2560)")
+    p.add_argument("--max-megapixels", type=non_negative_float, default=100.0,
+                   help="refuse images whose decode needs more megapixels, before decoding (0 = off; default 100)")

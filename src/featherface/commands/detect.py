@@ -17,13 +17,9 @@ from pathlib import Path
 import cv2
 
 from featherface.cliargs import (
+    add_detection_options,
     device,
-    non_negative_float,
-    non_negative_int,
-    open_unit_interval,
     positive_int,
-    probability,
-    resize_spec,
 )
 from featherface.errors import FeatherFaceError, InputError, describe_os_error
 from featherface.fsutil import AtomicFile, commit_temp, discard_temp, reserve_temp
@@ -52,14 +48,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="featherface_out", help="output folder (default: featherface_out)")
     p.add_argument("--model", default=None,
                    help="checkpoint path (ours or upstream FeatherFace V1); default: the bundled V2 weights")
-    p.add_argument("--score", type=probability, default=0.5, help="score threshold in [0, 1] (default 0.5)")
-    p.add_argument("--nms", type=open_unit_interval, default=0.4, help="NMS IoU threshold in (0, 1] (default 0.4)")
-    p.add_argument("--resize", type=resize_spec, default="original",
-                   help="'original' or the longest side in pixels, >= 32 (default original)")
-    p.add_argument("--max-side", type=non_negative_int, default=2560,
-                   help="never exceed this longest side (memory guard; 0 = off; default 2560)")
-    p.add_argument("--max-megapixels", type=non_negative_float, default=100.0,
-                   help="refuse images whose decode needs more megapixels, before decoding (0 = off; default 100)")
+    add_detection_options(p)
     p.add_argument("--device", type=device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps (default cpu)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (>= 1)")
     p.add_argument("--no-images", action="store_true", help="write only the JSON lines, no annotated images/videos")

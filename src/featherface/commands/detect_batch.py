@@ -10,12 +10,9 @@ import argparse
 import sys
 
 from featherface.cliargs import (
+    add_detection_options,
     non_negative_float,
-    non_negative_int,
-    open_unit_interval,
     positive_int,
-    probability,
-    resize_spec,
 )
 
 DESCRIPTION = """detect faces in many images with Ray Data (a local Ray, or a cluster with --address)
@@ -58,14 +55,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="part file format (default: parquet, or what OUTPUT already holds)")
     p.add_argument("--model", default=None,
                    help="checkpoint (exported to ONNX once, cached) or raw .onnx export; default: the bundled weights")
-    p.add_argument("--score", type=probability, default=0.5, help="score threshold in [0, 1] (default 0.5)")
-    p.add_argument("--nms", type=open_unit_interval, default=0.4, help="NMS IoU threshold in (0, 1] (default 0.4)")
-    p.add_argument("--resize", type=resize_spec, default="original",
-                   help="'original' or the longest side in pixels, >= 32 (default original)")
-    p.add_argument("--max-side", type=non_negative_int, default=2560,
-                   help="never exceed this longest side (memory guard; 0 = off; default 2560)")
-    p.add_argument("--max-megapixels", type=non_negative_float, default=100.0,
-                   help="refuse images whose decode needs more megapixels, before decoding (0 = off; default 100)")
+    add_detection_options(p)
     ray_group = p.add_argument_group("Ray")
     ray_group.add_argument("--workers", type=positive_int, default=None,
                            help="actors in the pool (default: the cluster's CPUs / --threads)")
