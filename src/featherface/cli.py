@@ -120,8 +120,18 @@ def _configure_logging(debug: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     from featherface.errors import FeatherFaceError, describe_os_error
 
+    from featherface.deps import missing_dependency_message
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(argv)
+    try:
+        parser = build_parser(argv)
+    except ModuleNotFoundError as exc:  # the selected command's module needs an extra (torch, scipy, ...)
+        command = next((a for a in argv if not a.startswith("-")), "?")
+        message = missing_dependency_message(exc, f"featherface {command}")
+        if message is None or "--debug" in argv:
+            raise
+        print(f"featherface {command}: error: {message}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not hasattr(args, "_run"):
         parser.print_help()
@@ -134,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"featherface {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency this command needs is not installed
+        message = missing_dependency_message(exc, f"featherface {args.command}")
+        if message is None or args.debug:
+            raise
+        print(f"featherface {args.command}: error: {message}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file or folder we had to write or read: one line naming it
         if args.debug:

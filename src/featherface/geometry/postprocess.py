@@ -14,8 +14,8 @@ the CLI), by :mod:`featherface.eval.protocols` (several passes, flipped ones inc
 
 :func:`postprocess` is both steps for one pass. The in-graph version for ONNX exports is
 :mod:`featherface.export.postprocess_graph` (same decoding code, ONNX ``NonMaxSuppression`` with the same "+1" IoU).
-Arithmetic is float32 in a fixed order, so results are reproducible bit for bit. Importing this module does not import
-torch (only :func:`decode_detections` / :func:`postprocess` need it).
+Arithmetic is float32 NumPy in a fixed order, so results are reproducible bit for bit. Nothing here needs torch: tensors
+are accepted and moved to NumPy first.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from featherface.geometry.nms import nms_np
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-__all__ = ["NMS_PIXEL_OFFSET", "Detections", "decode_detections", "select_detections", "postprocess",
+__all__ = ["NMS_PIXEL_OFFSET", "Detections", "face_scores", "decode_detections", "select_detections", "postprocess",
            "postprocess_batch"]
 
 #: The NMS IoU convention of every path (upstream ``py_cpu_nms``): box sides are ``x2 - x1 + 1``.
@@ -57,18 +57,31 @@ def _empty() -> Detections:
     return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 10), np.float32))
 
 
-def _check_shapes(loc: Tensor, logits: Tensor, landmarks: Tensor, anchors: Tensor) -> None:
+def _to_numpy(x: Any) -> np.ndarray:
+    if type(x).__module__.split(".", 1)[0] == "torch":
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def _check_shapes(loc: np.ndarray, logits: np.ndarray, landmarks: np.ndarray, anchors: np.ndarray) -> None:
     a = anchors.shape[0]
     for name, t, k in (("loc", loc, 4), ("logits", logits, 2), ("landmarks", landmarks, 10), ("anchors", anchors, 4)):
         if t.ndim != 2 or t.shape != (a, k):
             raise ValueError(f"{name} must be Tensor[A={a}, {k}], got shape {tuple(t.shape)}")
 
 
+def face_scores(logits: np.ndarray) -> np.ndarray:
+    """``softmax(logits)[:, 1]`` of ``[A, 2]`` float32 logits (max-subtracted, as ``torch.softmax``) -> ``[A]``."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e[:, 1] / (e[:, 0] + e[:, 1])
+
+
 def decode_detections(
-    loc: Tensor,
-    logits: Tensor,
-    landmarks: Tensor,
-    anchors: Tensor,
+    loc: Tensor | np.ndarray,
+    logits: Tensor | np.ndarray,
+    landmarks: Tensor | np.ndarray,
+    anchors: Tensor | np.ndarray,
     input_size: Sequence[int],
     *,
     variances: Sequence[float],
@@ -79,8 +92,9 @@ def decode_detections(
     """Candidates of one network pass (step 1 of the module docstring), before NMS.
 
     Args:
-        loc, logits, landmarks: ``Tensor[A, 4]``, ``Tensor[A, 2]``, ``Tensor[A, 10]`` head outputs of one image.
-        anchors: ``Tensor[A, 4]`` ``cxcywh`` normalised, for ``input_size``.
+        loc, logits, landmarks: ``[A, 4]``, ``[A, 2]``, ``[A, 10]`` head outputs of one image (NumPy arrays or
+            tensors on any device; computed in float32 NumPy either way).
+        anchors: ``[A, 4]`` ``cxcywh`` normalised, for ``input_size``.
         input_size: ``(height, width)`` of the network input in pixels.
         variances: the anchor spec's ``(v_centre, v_size)``.
         score_threshold: keep ``score > score_threshold``.
@@ -90,24 +104,20 @@ def decode_detections(
     Returns:
         :class:`Detections` in original-image pixels, by descending score.
     """
-    import torch
+    from featherface.geometry.decode import decode_boxes, decode_landmarks
 
-    from featherface.geometry.boxes import decode_boxes, decode_landmarks
-
-    _check_shapes(loc, logits, landmarks, anchors)
+    loc_np, logits_np, points_np, anchors_np = (_to_numpy(t) for t in (loc, logits, landmarks, anchors))
+    _check_shapes(loc_np, logits_np, points_np, anchors_np)
     h, w = (int(v) for v in input_size)
-    with torch.no_grad():
-        scores_t = torch.softmax(logits.detach().float(), dim=-1)[:, 1]
-        keep = scores_t > score_threshold
-        if not bool(keep.any()):
-            return _empty()
-        anchors_k = anchors[keep]
-        boxes_t = decode_boxes(loc.detach()[keep], anchors_k, variances)
-        points_t = decode_landmarks(landmarks.detach()[keep], anchors_k, variances)
-        sx, sy = w / scale, h / scale  # normalised -> original pixels
-        boxes = (boxes_t * torch.tensor([sx, sy, sx, sy], device=boxes_t.device)).cpu().numpy()
-        points = (points_t * torch.tensor([sx, sy] * 5, device=points_t.device)).cpu().numpy()
-        scores = scores_t[keep].cpu().numpy()
+    scores_all = face_scores(logits_np)
+    keep = scores_all > score_threshold
+    if not keep.any():
+        return _empty()
+    anchors_k = anchors_np[keep]
+    sx, sy = np.float32(w / scale), np.float32(h / scale)  # normalised -> original pixels
+    boxes = decode_boxes(loc_np[keep], anchors_k, variances) * np.asarray([sx, sy, sx, sy], np.float32)
+    points = decode_landmarks(points_np[keep], anchors_k, variances) * np.asarray([sx, sy] * 5, np.float32)
+    scores = scores_all[keep]
     if flip:
         width = w / scale
         boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
