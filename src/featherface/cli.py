@@ -23,6 +23,8 @@ _COMMANDS = {
     "detect": ("featherface.commands.detect", "configure_parser", "run", "detect faces in images, folders, videos, webcams"),
     "detect-batch": ("featherface.commands.detect_batch", "configure_parser", "run",
                      "detect faces in many images on Ray Data (local or a cluster) into Parquet; resumable"),
+    "models": ("featherface.commands.models", "configure_parser", "run",
+               "list the shipped pretrained models (name, size, val-dev AP, licence)"),
     "info": ("featherface.commands.info", "configure_parser", "run", "parameter table, thop count and MACs of a model"),
     "check-teacher": ("featherface.commands.check_teacher", "configure_parser", "run",
                       "check that a checkpoint is a usable FeatherFace V1 teacher"),
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"featherface {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:  # an optional dependency this command needs is not installed
-        message = missing_dependency_message(exc, f"featherface {args.command}")
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        message = missing_dependency_message(exc, f"featherface {command}")
         if message is None or args.debug:
             raise
         print(f"featherface {args.command}: error: {message}", file=sys.stderr)

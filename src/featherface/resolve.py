@@ -85,7 +85,7 @@ def resolve_model_source(spec: str | os.PathLike | None, *, pretrained: bool = T
         if text in registered or text in shipped:
             if pretrained:
                 raise FeatherFaceError(f"no pretrained weights are shipped for {text!r} (shipped: {', '.join(shipped)});"
-                                       " pretrained=False (--untrained) builds it with random weights")
+                                       " pretrained=False builds it with random weights")
             return ModelSource("name", name=text)
         if not path.exists():
             known = sorted(set(shipped) | set(registered))

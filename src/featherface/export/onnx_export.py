@@ -186,7 +186,7 @@ def export_onnx(
     try:
         import onnx  # noqa: F401
     except ImportError:  # pragma: no cover
-        raise FeatherFaceError("ONNX export needs the 'onnx' package: pip install 'featherface[onnx]'") from None
+        raise FeatherFaceError("ONNX export needs the 'onnx' package: pip install 'featherface[train]'") from None
     if opset < 16:
         raise FeatherFaceError(f"opset {opset} is too old: GridSample (V1 deformable convs) needs >= 16; use 17")
     path = Path(path)

@@ -14,8 +14,9 @@ the CLI), by :mod:`featherface.eval.protocols` (several passes, flipped ones inc
 
 :func:`postprocess` is both steps for one pass. The in-graph version for ONNX exports is
 :mod:`featherface.export.postprocess_graph` (same decoding code, ONNX ``NonMaxSuppression`` with the same "+1" IoU).
-Arithmetic is float32 NumPy in a fixed order, so results are reproducible bit for bit. Nothing here needs torch: tensors
-are accepted and moved to NumPy first.
+Arithmetic is float32 in a fixed order, so results are reproducible bit for bit. The same formulas
+(:mod:`featherface.geometry.decode`) run on NumPy arrays (no torch needed) or on tensors (torch's ``exp`` and
+``softmax``, which can differ from NumPy's by an ulp or two).
 """
 
 from __future__ import annotations
@@ -57,13 +58,11 @@ def _empty() -> Detections:
     return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 10), np.float32))
 
 
-def _to_numpy(x: Any) -> np.ndarray:
-    if type(x).__module__.split(".", 1)[0] == "torch":
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
+def _is_tensor(x: Any) -> bool:
+    return type(x).__module__.split(".", 1)[0] == "torch"
 
 
-def _check_shapes(loc: np.ndarray, logits: np.ndarray, landmarks: np.ndarray, anchors: np.ndarray) -> None:
+def _check_shapes(loc: Any, logits: Any, landmarks: Any, anchors: Any) -> None:
     a = anchors.shape[0]
     for name, t, k in (("loc", loc, 4), ("logits", logits, 2), ("landmarks", landmarks, 10), ("anchors", anchors, 4)):
         if t.ndim != 2 or t.shape != (a, k):
@@ -92,8 +91,8 @@ def decode_detections(
     """Candidates of one network pass (step 1 of the module docstring), before NMS.
 
     Args:
-        loc, logits, landmarks: ``[A, 4]``, ``[A, 2]``, ``[A, 10]`` head outputs of one image (NumPy arrays or
-            tensors on any device; computed in float32 NumPy either way).
+        loc, logits, landmarks: ``[A, 4]``, ``[A, 2]``, ``[A, 10]`` head outputs of one image: NumPy arrays
+            (decoded by NumPy, no torch needed: the ONNX Runtime path) or tensors on any device (decoded by torch).
         anchors: ``[A, 4]`` ``cxcywh`` normalised, for ``input_size``.
         input_size: ``(height, width)`` of the network input in pixels.
         variances: the anchor spec's ``(v_centre, v_size)``.
@@ -106,18 +105,36 @@ def decode_detections(
     """
     from featherface.geometry.decode import decode_boxes, decode_landmarks
 
-    loc_np, logits_np, points_np, anchors_np = (_to_numpy(t) for t in (loc, logits, landmarks, anchors))
-    _check_shapes(loc_np, logits_np, points_np, anchors_np)
+    _check_shapes(loc, logits, landmarks, anchors)
     h, w = (int(v) for v in input_size)
-    scores_all = face_scores(logits_np)
-    keep = scores_all > score_threshold
-    if not keep.any():
-        return _empty()
-    anchors_k = anchors_np[keep]
-    sx, sy = np.float32(w / scale), np.float32(h / scale)  # normalised -> original pixels
-    boxes = decode_boxes(loc_np[keep], anchors_k, variances) * np.asarray([sx, sy, sx, sy], np.float32)
-    points = decode_landmarks(points_np[keep], anchors_k, variances) * np.asarray([sx, sy] * 5, np.float32)
-    scores = scores_all[keep]
+    sx, sy = w / scale, h / scale  # normalised -> original pixels
+    if _is_tensor(loc):  # tensors are decoded by torch (bit-identical to the reference pipeline), then moved
+        import torch
+
+        if not _is_tensor(anchors):
+            anchors = torch.from_numpy(np.array(anchors, np.float32))  # a copy: cached anchors are read-only
+        anchors = anchors.to(loc.device)
+        with torch.no_grad():
+            scores_t = torch.softmax(logits.detach().float(), dim=-1)[:, 1]
+            keep_t = scores_t > score_threshold
+            if not bool(keep_t.any()):
+                return _empty()
+            anchors_k = anchors[keep_t]
+            boxes_t = decode_boxes(loc.detach()[keep_t], anchors_k, variances)
+            points_t = decode_landmarks(landmarks.detach()[keep_t], anchors_k, variances)
+            boxes = (boxes_t * torch.tensor([sx, sy, sx, sy], device=boxes_t.device)).cpu().numpy()
+            points = (points_t * torch.tensor([sx, sy] * 5, device=points_t.device)).cpu().numpy()
+            scores = scores_t[keep_t].cpu().numpy()
+    else:
+        scores_all = face_scores(np.asarray(logits, np.float32))
+        keep = scores_all > score_threshold
+        if not keep.any():
+            return _empty()
+        anchors_k = np.asarray(anchors)[keep]
+        boxes = decode_boxes(np.asarray(loc)[keep], anchors_k, variances) * np.asarray([sx, sy, sx, sy], np.float32)
+        points = decode_landmarks(np.asarray(landmarks)[keep], anchors_k, variances) * np.asarray([sx, sy] * 5,
+                                                                                                 np.float32)
+        scores = scores_all[keep]
     if flip:
         width = w / scale
         boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
