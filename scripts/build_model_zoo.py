@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from featherface.checkpoint import load_model, save_checkpoint
+from featherface.checkpoint import load_model
 from featherface.export.onnx_export import (
     check_parity,
     export_onnx,
@@ -54,8 +54,7 @@ def _ap_record(path: Path) -> dict:
 
 def _half_checkpoint(model: torch.nn.Module, path: Path, provenance: dict) -> Path:
     """Save ``model`` with its floating-point tensors in float16 (loading casts them back to float32)."""
-    from featherface.checkpoint import model_to_checkpoint
-    from featherface.checkpoint import atomic_save
+    from featherface.checkpoint import atomic_save, model_to_checkpoint
 
     ckpt = model_to_checkpoint(model, extra={"provenance": provenance})
     ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-
-import sys
 
 import numpy as np
 
@@ -192,7 +191,7 @@ class FaceDetector:
         if backend not in (None, "torch", "onnxruntime"):
             raise FeatherFaceError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         on_cpu = str(device).strip().lower() == "cpu"
-        source = None if _is_torch_module(model) else resolve_model_source(model, pretrained=pretrained)
+        source = None if _is_torch_module(model) else resolve_model_source(model, pretrained=pretrained)  # type: ignore[arg-type]
         if backend is None:
             backend = self._default_backend(source, on_cpu)
         self.backend = backend

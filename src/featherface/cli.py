@@ -120,9 +120,8 @@ def _configure_logging(debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from featherface.errors import FeatherFaceError, describe_os_error
-
     from featherface.deps import missing_dependency_message
+    from featherface.errors import FeatherFaceError, describe_os_error
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

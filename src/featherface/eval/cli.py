@@ -109,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
 
     gtd = load_ground_truth(gt)  # fail on a bad GT dir before loading the model
     from featherface.api import FaceDetector
-
     from featherface.cliargs import backend_arg
 
     detector = FaceDetector(args.model, device=args.device, backend=backend_arg(getattr(args, "backend", "auto")))

@@ -58,8 +58,8 @@ class _Ops:
             data = data.to(dtype)
             return data, anchors.to(device=data.device, dtype=dtype)
         data = np.asarray(data)
-        dtype = np.float64 if data.dtype == np.float64 else np.float32
-        return data.astype(dtype, copy=False), np.asarray(anchors).astype(dtype, copy=False)
+        np_dtype: Any = np.float64 if data.dtype == np.float64 else np.float32
+        return data.astype(np_dtype, copy=False), np.asarray(anchors).astype(np_dtype, copy=False)
 
 
 def _shape(x: Any) -> tuple[int, ...]:

@@ -77,10 +77,10 @@ def face_scores(logits: np.ndarray) -> np.ndarray:
 
 
 def decode_detections(
-    loc: Tensor | np.ndarray,
-    logits: Tensor | np.ndarray,
-    landmarks: Tensor | np.ndarray,
-    anchors: Tensor | np.ndarray,
+    loc: Any,
+    logits: Any,
+    landmarks: Any,
+    anchors: Any,
     input_size: Sequence[int],
     *,
     variances: Sequence[float],
