@@ -53,11 +53,20 @@ def _ap_record(path: Path) -> dict:
 
 
 def _half_checkpoint(model: torch.nn.Module, path: Path, provenance: dict) -> Path:
-    """Save ``model`` with its floating-point tensors in float16 (loading casts them back to float32)."""
+    """Save ``model`` with its weights in float16 (loading casts them back to float32). BatchNorm running statistics
+    (9,004 values in V1) stay float32: the first BN sees 0..255 inputs and its running variance reaches 9e4, beyond
+    float16's 65,504 (stored as inf, it silences every face); so does any tensor that float16 cannot hold."""
     from featherface.checkpoint import atomic_save, model_to_checkpoint
 
+    def storable(name: str, t: torch.Tensor) -> bool:
+        half = t.half()
+        return not name.endswith(("running_mean", "running_var")) and bool(torch.isfinite(half).all())
+
     ckpt = model_to_checkpoint(model, extra={"provenance": provenance})
-    ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    ckpt["state_dict"] = {k: v.half() if v.is_floating_point() and storable(k, v) else v
+                          for k, v in ckpt["state_dict"].items()}
+    kept = sum(v.numel() for v in ckpt["state_dict"].values() if v.dtype == torch.float32)
+    print(f"{path.name}: {kept:,d} values kept in float32 (BatchNorm statistics)")
     return atomic_save(ckpt, path)
 
 

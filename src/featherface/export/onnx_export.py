@@ -250,13 +250,14 @@ def check_parity(model: nn.Module, path: str | os.PathLike, *, sizes=((64, 96),)
     return worst
 
 
-def store_weights_as_float16(path: str | os.PathLike, *, min_elements: int = 64) -> int:
+def store_weights_as_float16(path: str | os.PathLike, *, min_elements: int = 64, lossless: bool = True) -> int:
     """Store the float32 initializers of an ONNX file (those with at least ``min_elements`` values) as float16, each
     followed by a ``Cast`` back to float32, so the file is about half the size and still computes in float32 (ONNX
     Runtime folds the casts when it loads the file). Rewrites ``path`` atomically; returns the bytes saved.
 
-    Lossless when the weights already are float16 values (a checkpoint stored in half precision); otherwise each
-    weight is rounded to float16 once.
+    ``lossless``: only initializers whose every value float16 holds exactly are converted (the weights of a checkpoint
+    stored in half precision; the rest stays float32), so the file computes exactly what the model does. ``False``
+    rounds every large enough initializer to float16 (refusing values beyond float16's range).
     """
     import numpy as np
     import onnx
@@ -271,7 +272,14 @@ def store_weights_as_float16(path: str | os.PathLike, *, min_elements: int = 64)
         if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
             kept.append(init)
             continue
-        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "__fp16")
+        values = numpy_helper.to_array(init)
+        with np.errstate(over="ignore"):
+            halved = values.astype(np.float16)
+        exact = bool(np.array_equal(halved.astype(np.float32), values))
+        if (lossless and not exact) or not np.isfinite(halved).all():
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(halved, init.name + "__fp16")
         kept.append(half)
         casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
                                       name=init.name + "__to_fp32"))
