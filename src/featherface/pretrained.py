@@ -19,7 +19,7 @@ from typing import Any
 
 from featherface.errors import CheckpointError, FeatherFaceError
 
-__all__ = ["WeightsRecord", "WeightsInfo", "MANIFEST", "list_weights", "weights_record", "weights_file",
+__all__ = ["WeightsRecord", "WeightsInfo", "MANIFEST", "weights_dir", "list_weights", "weights_record", "weights_file",
            "default_model_name", "default_weights_info", "default_weights_path", "sha256_of"]
 
 MANIFEST = "models.json"
@@ -81,8 +81,13 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def weights_dir() -> Path:
+    """The package's ``weights`` folder (a data folder, not this module)."""
+    return _weights_dir()
+
+
 def _weights_dir() -> Path:
-    return Path(str(resources.files("featherface"))) / "weights"  # data folder, not this module
+    return Path(str(resources.files("featherface"))) / "weights"
 
 
 def _manifest() -> dict[str, Any]:

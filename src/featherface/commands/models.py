@@ -20,7 +20,7 @@ def _ap(record) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from featherface.pretrained import _weights_dir, default_model_name, list_weights
+    from featherface.pretrained import default_model_name, list_weights, weights_dir
 
     records = list_weights()
     if args.json:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [("name", "parameters", "GMACs 640x480", "val-dev AP easy / medium / hard", "weights", "files", "licence")]
     for r in records:
         files = [f for f in (r.file, r.onnx_file, r.web_onnx_file) if f]
-        size = sum((_weights_dir() / f).stat().st_size for f in files) / 1e6
+        size = sum((weights_dir() / f).stat().st_size for f in files) / 1e6
         macs = r.macs.get("640x480")
         rows.append((r.name + (" (default)" if r.name == default else ""), f"{r.params:,d}",
                      f"{macs / 1e9:.3f}" if macs else "?", _ap(r), r.storage_dtype, f"{len(files)}, {size:.1f} MB",

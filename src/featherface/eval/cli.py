@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
         image_list = evenly_spaced(list_images(args.images, args.image_list), args.max_images)
     out = out or Path(f"eval_{protocol.name}")
-    model_info = {"model": str(args.model), "device": args.device, "backend": detector.backend}
+    model_info = {"model": str(args.model), "device": args.device, "backend": getattr(detector, "backend", None)}
     result, report = evaluate_detector(
         detector,
         args.images,
