@@ -82,10 +82,14 @@ def test_featherface_checkpoints_report_their_model_and_the_public_loader(tmp_pa
 
 def test_one_resolver_for_names_files_onnx_and_the_default(tmp_path, monkeypatch):
     from featherface.errors import FeatherFaceError
-    from featherface.pretrained import default_weights_path
+    from featherface.pretrained import default_weights_path, weights_file
 
-    assert resolve_model_source(None) == ModelSource("default", path=default_weights_path())
-    assert resolve_model_source("featherface_v2") == ModelSource("name", name="featherface_v2")
+    default = ModelSource("pretrained", path=default_weights_path(), name="featherface_v2",
+                          onnx_path=weights_file("featherface_v2", "onnx"))
+    assert resolve_model_source(None) == default == resolve_model_source("featherface_v2")
+    assert resolve_model_source("featherface_v1").path == weights_file("featherface_v1")
+    assert resolve_model_source("featherface_v2", pretrained=False) == ModelSource("name", name="featherface_v2")
+    assert resolve_model_source(None, pretrained=False) == ModelSource("name", name="featherface_v2")
     ckpt = save_checkpoint(tmp_path / "m.pth", build_model("featherface_v2"))
     assert resolve_model_source(ckpt) == ModelSource("checkpoint", path=ckpt)
     (tmp_path / "m.onnx").write_bytes(b"x")
@@ -101,7 +105,10 @@ def test_one_resolver_for_names_files_onnx_and_the_default(tmp_path, monkeypatch
         load_any_model("missing/x.pth")
     with pytest.raises(FeatherFaceError, match="ONNX"):
         load_any_model(tmp_path / "m.onnx")
-    assert load_any_model("featherface_v2", overrides={"bifpn_cells": 1}).config.bifpn_cells == 1
+    assert load_any_model("featherface_v2", overrides={"bifpn_cells": 1},
+                          pretrained=False).config.bifpn_cells == 1
+    with pytest.raises(FeatherFaceError, match="overrides"):  # the shipped weights have their own config
+        load_any_model("featherface_v2", overrides={"bifpn_cells": 1})
     with pytest.raises(FeatherFaceError, match="overrides"):
         load_any_model(ckpt, overrides={"bifpn_cells": 1})
 

@@ -494,7 +494,7 @@ def test_cli_predictions_and_model(tiny_wider, monkeypatch, capsys):
     root, det = tiny_wider
     import featherface.api
 
-    monkeypatch.setattr(featherface.api, "FaceDetector", lambda model, device="cpu": det)
+    monkeypatch.setattr(featherface.api, "FaceDetector", lambda model, device="cpu", backend=None: det)
     parser = argparse.ArgumentParser()
     cli.configure_parser(parser)
     args = parser.parse_args(

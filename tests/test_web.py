@@ -15,6 +15,7 @@ skipped with the reason; they never pass without running the page.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -140,9 +141,23 @@ def test_server_one_line_errors(tmp_path, fake_ort):
         make_server(_tiny_onnx(tmp_path / "m.onnx"), port=0, ort_dir=tmp_path / "empty")
 
 
-def test_without_model_the_bundled_weights_are_exported_once(tmp_path, monkeypatch):
+def test_without_model_the_page_serves_the_shipped_onnx_file(tmp_path, monkeypatch):
+    from featherface.commands.web import default_onnx_model
+    from featherface.pretrained import weights_file
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = default_onnx_model()
+    assert path == weights_file("featherface_v2", "web")  # shipped, SHA-256 checked: no export, no torch
+    assert not (tmp_path / "featherface").exists()
+
+
+def test_a_build_without_a_web_file_exports_the_default_once(tmp_path, monkeypatch):
+    from featherface import pretrained
     from featherface.commands.web import default_onnx_model
 
+    record = pretrained.default_weights_info()
+    monkeypatch.setattr(pretrained, "weights_record",
+                        lambda name: dataclasses.replace(record, web_onnx_file="", web_onnx_sha256=""))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path = default_onnx_model()
     assert path.is_file() and path.parent == tmp_path / "featherface"

@@ -4,25 +4,27 @@ Data flow, one module per stage:
 
 image → :func:`featherface.imageio.decode_image` (uint8 BGR, upright by EXIF) → :class:`ResizePolicy` →
 :func:`featherface.preprocessing.preprocess` (the model's :class:`~featherface.preprocessing.Preprocessing`) →
-model (raw boxes / logits / landmarks; PyTorch or :mod:`featherface.export.ort_backend`) →
+model (raw boxes / logits / landmarks as NumPy arrays; ONNX Runtime via :mod:`featherface.export.ort_backend`, the
+default for the shipped models, or PyTorch) →
 :func:`featherface.geometry.postprocess.decode_detections` (the model's
 :class:`~featherface.geometry.anchors.AnchorSpec`) → :func:`~featherface.geometry.postprocess.select_detections`
 (top-k, greedy NMS with the "+1" pixel convention, keep-top-k) → :class:`Face` objects in original-image pixels.
+
+Importing this module does not import torch; only the PyTorch backend does (``backend="torch"``, a ``.pth``
+checkpoint, an ``nn.Module`` or an untrained network).
 """
 
 from __future__ import annotations
 
 import numbers
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from featherface.checkpoint import load_any_model, resolve_model_source
 from featherface.devices import torch_threads
 from featherface.errors import FeatherFaceError, InputError
 from featherface.geometry.anchors import AnchorSpec, anchor_spec_of
@@ -30,8 +32,12 @@ from featherface.geometry.landmarks import LANDMARK_NAMES
 from featherface.geometry.postprocess import Detections, decode_detections, select_detections
 from featherface.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from featherface.preprocessing import DEFAULT_PREPROCESSING, MEAN_BGR, Preprocessing, preprocess
+from featherface.resolve import ModelSource, resolve_model_source
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
     from featherface.export.ort_backend import OrtModel
 
 __all__ = ["LANDMARK_NAMES", "MEAN_BGR", "Face", "ResizePolicy", "FaceDetector", "faces_from_arrays", "preprocess",
@@ -99,39 +105,78 @@ class ResizePolicy:
 
 
 @lru_cache(maxsize=32)
-def _anchors(height: int, width: int, spec: AnchorSpec) -> torch.Tensor:
-    return spec.anchors((height, width))
+def _anchors(height: int, width: int, spec: AnchorSpec) -> np.ndarray:
+    anchors = spec.anchors_np((height, width))
+    anchors.flags.writeable = False  # cached: shared by every call
+    return anchors
+
+
+def _is_torch_module(obj: Any) -> bool:
+    torch = sys.modules.get("torch")  # an nn.Module cannot exist unless torch was imported
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _ort_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _TorchRunner:
+    """Runs a PyTorch FeatherFace model on NumPy input: ``[1, 3, H, W]`` float32 → boxes / logits / landmarks."""
+
+    def __init__(self, model: nn.Module, device: torch.device, num_threads: int | None) -> None:
+        self.model, self.device, self.num_threads = model, device, num_threads
+
+    def __call__(self, x: np.ndarray) -> tuple[Any, Any, Any]:
+        import torch
+
+        with torch.inference_mode(), torch_threads(self.num_threads):
+            out = self.model(torch.from_numpy(x).to(self.device))
+        return out.boxes[0], out.logits[0], out.landmarks[0]
+
+
+def _ort_runner(model: OrtModel):
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        boxes, logits, landmarks = model.run_numpy(x)
+        return boxes[0], logits[0], landmarks[0]
+
+    return run
 
 
 class FaceDetector:
     """Detect faces with a FeatherFace model.
 
     Args:
-        model: a checkpoint path (ours or an upstream FeatherFace V1 file), a raw-output ``.onnx`` export (run with
-            ONNX Runtime), a registered model name (untrained weights, for testing), an ``nn.Module``, or ``None``
-            for the bundled default weights (resolved by :func:`featherface.checkpoint.resolve_model_source`).
-        device: torch device for the network.
+        model: ``None`` (the default pretrained model), a shipped model name (``"featherface_v2"``: fast, the
+            default; ``"featherface_v1"``: the most accurate; ``featherface models`` lists them), a checkpoint path
+            (ours or an upstream FeatherFace V1 file), a raw-output ``.onnx`` export, or an ``nn.Module``.
+        pretrained: ``False`` turns a model name (or ``None``) into an untrained network (random weights, for tests).
+        device: torch device of the PyTorch backend (the ONNX Runtime backend runs on the CPU).
         score_threshold: faces with a lower probability are dropped.
         nms_threshold: IoU above which the lower-scored of two overlapping boxes is suppressed.
         resize: ``"original"``/``None`` (original size), an int (longest side in pixels) or a :class:`ResizePolicy`.
         max_side: longest side never exceeded (memory guard for huge images); ``None`` disables it.
         top_k / keep_top_k: optional caps on candidates before / faces after NMS.
-        num_threads: torch intra-op threads while this detector runs the network (set and restored around each call,
-            never changed for the process; ``None`` leaves torch's setting); with ``backend="onnxruntime"`` the
-            session's ``intra_op_num_threads`` (``None``: 1).
-        backend: ``None`` (default: ``"onnxruntime"`` for an ``.onnx`` file, else ``"torch"``), ``"torch"`` or
-            ``"onnxruntime"`` (``model`` must then be a raw-output ``.onnx`` file from ``featherface export``, no
-            ``--with-postprocess``); pre-processing, decoding and NMS are the same Python code for both.
+        num_threads: threads of the network: ONNX Runtime's ``intra_op_num_threads`` (``None``: 1), or torch's
+            intra-op threads while this detector runs (set and restored around each call, never changed for the
+            process; ``None`` leaves torch's setting).
+        backend: ``None`` picks ONNX Runtime for the shipped models (their ``.onnx`` files) and for ``.onnx`` paths,
+            PyTorch for ``.pth`` checkpoints, modules, untrained networks and devices other than the CPU;
+            ``"onnxruntime"`` or ``"torch"`` force one. Pre-processing, decoding and NMS are the same NumPy code
+            for both, so both give the same faces (to float rounding).
         max_pixels: image files (and PIL images) whose decode would exceed this many pixels are refused with an
             :class:`~featherface.errors.InputError` before decoding (default 100 MP; ``None``: no limit). Large
             JPEGs that the resize policy shrinks anyway are decoded at 1/2, 1/4 or 1/8 (results stay in original
             pixels), so they cost far less.
     """
 
-    def __init__(self, model: str | os.PathLike | nn.Module | None = None, *, device: str | torch.device = "cpu",
-                 score_threshold: float = 0.5, nms_threshold: float = 0.4, resize: Any = None,
-                 max_side: int | None = 2560, top_k: int | None = 5000, keep_top_k: int | None = 750,
-                 num_threads: int | None = None, backend: str | None = None,
+    def __init__(self, model: str | os.PathLike | nn.Module | None = None, *, pretrained: bool = True,
+                 device: str | torch.device = "cpu", score_threshold: float = 0.5, nms_threshold: float = 0.4,
+                 resize: Any = None, max_side: int | None = 2560, top_k: int | None = 5000,
+                 keep_top_k: int | None = 750, num_threads: int | None = None, backend: str | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise FeatherFaceError(f"score_threshold must be in [0, 1], got {score_threshold}")
@@ -145,33 +190,21 @@ class FaceDetector:
             raise FeatherFaceError(f"num_threads must be an integer >= 1, got {num_threads!r}")
         if backend not in (None, "torch", "onnxruntime"):
             raise FeatherFaceError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-        source = None if isinstance(model, nn.Module) else resolve_model_source(model)
+        on_cpu = str(device).strip().lower() == "cpu"
+        source = None if _is_torch_module(model) else resolve_model_source(model, pretrained=pretrained)  # type: ignore[arg-type]
         if backend is None:
-            backend = "onnxruntime" if source is not None and source.kind == "onnx" else "torch"
+            backend = self._default_backend(source, on_cpu)
         self.backend = backend
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError, ValueError):
-            raise FeatherFaceError(f"unknown device {device!r} (use cpu, cuda, cuda:N or mps)") from None
-        from featherface.devices import check_device
-
-        problem = check_device(str(self.device))
-        if problem:
-            raise FeatherFaceError(problem)
+        self.num_threads = None if num_threads is None else int(num_threads)
         if backend == "onnxruntime":
-            if source is None or source.kind != "onnx":
-                raise FeatherFaceError(f"backend='onnxruntime' needs a path to an .onnx file, got {model!r}")
-            from featherface.export.ort_backend import OrtModel
-
-            assert source.path is not None
-            self.model: nn.Module | OrtModel = OrtModel(source.path, num_threads=num_threads)
-            self.num_threads = None  # the session has its own thread count
+            self.device: Any = "cpu"
+            self.model: Any = self._ort_model(model, source, on_cpu)
+            self._run = _ort_runner(self.model)
         else:
-            if isinstance(model, nn.Module):
-                self.model = model.to(self.device).eval()
-            else:
-                self.model = load_any_model(source, map_location=self.device, warn_untrained=True).to(self.device)
-            self.num_threads = None if num_threads is None else int(num_threads)
+            self.device = self._torch_device(device)
+            self.model = self._torch_model(model, source)
+            self._run = _TorchRunner(self.model, self.device, self.num_threads)
+        self.source = source
         self.anchor_spec: AnchorSpec = anchor_spec_of(self.model)
         self.preprocessing: Preprocessing = getattr(self.model, "preprocessing", None) or DEFAULT_PREPROCESSING
         self.score_threshold = float(score_threshold)
@@ -180,6 +213,54 @@ class FaceDetector:
         self.top_k = top_k
         self.keep_top_k = keep_top_k
         self.max_pixels = None if max_pixels is None else int(max_pixels)
+
+    @staticmethod
+    def _default_backend(source: ModelSource | None, on_cpu: bool) -> str:
+        if source is not None and source.kind == "onnx":
+            return "onnxruntime"
+        if source is not None and source.kind == "pretrained" and source.onnx_path is not None and on_cpu \
+                and _ort_available():
+            return "onnxruntime"
+        return "torch"
+
+    def _ort_model(self, model: Any, source: ModelSource | None, on_cpu: bool) -> OrtModel:
+        if not on_cpu:
+            raise FeatherFaceError("backend='onnxruntime' runs on the CPU; use backend='torch' for other devices")
+        if source is not None and source.kind == "pretrained" and source.onnx_path is not None:
+            path = source.onnx_path
+        elif source is not None and source.kind == "onnx" and source.path is not None:
+            path = source.path
+        else:
+            raise FeatherFaceError(f"backend='onnxruntime' needs a shipped model or a path to an .onnx file, "
+                                   f"got {model!r}")
+        from featherface.export.ort_backend import OrtModel
+
+        return OrtModel(path, num_threads=self.num_threads)
+
+    @staticmethod
+    def _torch_device(device: Any) -> torch.device:
+        from featherface.deps import require
+
+        torch = require("torch", "the PyTorch backend (a .pth checkpoint, backend='torch')")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise FeatherFaceError(f"unknown device {device!r} (use cpu, cuda, cuda:N or mps)") from None
+        from featherface.devices import check_device
+
+        problem = check_device(str(dev))
+        if problem:
+            raise FeatherFaceError(problem)
+        return dev
+
+    def _torch_model(self, model: Any, source: ModelSource | None) -> nn.Module:
+        if source is None:
+            return model.to(self.device).eval()
+        if source.kind == "onnx":
+            raise FeatherFaceError(f"{source.path}: an ONNX file runs with backend='onnxruntime', not 'torch'")
+        from featherface.checkpoint import load_any_model
+
+        return load_any_model(source, map_location=self.device).to(self.device)
 
     @property
     def model_name(self) -> str:
@@ -199,7 +280,6 @@ class FaceDetector:
         return self.anchor_spec.variances
 
     # ----------------------------------------------------------------------------------------------- low level
-    @torch.inference_mode()
     def predict_raw(self, image_bgr: np.ndarray, *, scale: float = 1.0, flip: bool = False,
                     score_threshold: float = 0.02) -> Detections:
         """Decoded candidates before NMS for one uint8 BGR image resized by ``scale`` (mirrored when ``flip``).
@@ -207,13 +287,10 @@ class FaceDetector:
         Returns ``boxes [N, 4]`` (x1, y1, x2, y2), ``scores [N]``, ``landmarks [N, 10]`` in pixels of the ORIGINAL
         (un-scaled, un-mirrored) image, for scores ``> score_threshold``, sorted by descending score.
         """
-        x = torch.from_numpy(preprocess(image_bgr, scale, flip=flip, preprocessing=self.preprocessing))
-        x = x[None].to(self.device)
+        x = preprocess(image_bgr, scale, flip=flip, preprocessing=self.preprocessing)[None]
         h, w = x.shape[-2:]
-        with torch_threads(self.num_threads):
-            out = self.model(x)
-        anchors = _anchors(h, w, self.anchor_spec).to(self.device)
-        return decode_detections(out.boxes[0], out.logits[0], out.landmarks[0], anchors, (h, w),
+        boxes, logits, landmarks = self._run(x)
+        return decode_detections(boxes, logits, landmarks, _anchors(h, w, self.anchor_spec), (h, w),
                                  variances=self.anchor_spec.variances, score_threshold=score_threshold, scale=scale,
                                  flip=flip)
 
@@ -278,7 +355,7 @@ class FaceDetector:
         return self.detect_decoded(self.load(image, rgb=rgb, value_scale=value_scale))
 
     def __repr__(self) -> str:
-        return (f"FaceDetector(model={self.model_name}, score_threshold={self.score_threshold}, "
+        return (f"FaceDetector(model={self.model_name}, backend={self.backend}, score_threshold={self.score_threshold}, "
                 f"nms_threshold={self.nms_threshold}, resize={self.resize.name})")
 
 

@@ -15,11 +15,11 @@ Upstream FeatherFace / RetinaFace files are raw state dicts (sometimes wrapped i
 :func:`convert_upstream` normalises them and says what it did (:class:`ConvertedStateDict`), and the model is then
 loaded **strictly**. :func:`read_state_dict` is the public "any checkpoint file → plain state dict" loader.
 
-**One resolver.** "A registered model name, a checkpoint path, an ONNX file, or nothing (the bundled default
-weights)" is resolved in one place, :func:`resolve_model_source`, with one precedence: nothing → the default
-weights; an existing file → a checkpoint (``.onnx``: an ONNX export); a registered name → an untrained network;
-anything else → a one-line error. :func:`load_any_model` builds the PyTorch model of such a source; the API, the CLI
-commands (detect, eval, export, info, prune, benchmark, data pseudo-label) and the pruning code use it.
+**One resolver.** A model argument is resolved in one place, :func:`featherface.resolve.resolve_model_source`
+(re-exported here; torch-free): nothing → the default pretrained model; an existing file → a checkpoint
+(``.onnx``: an ONNX export); a shipped name → its pretrained weights (``pretrained=False``: an untrained network);
+anything else → a one-line error. :func:`load_any_model` builds the PyTorch model of such a source; the API, the
+CLI commands (detect, eval, export, info, prune, data pseudo-label) and the pruning code use it.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from featherface.errors import CheckpointError, FeatherFaceError
 from featherface.fsutil import atomic_write
 from featherface.models.registry import build_model, config_from_dict
 from featherface.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
+from featherface.resolve import ModelSource, resolve_model_source
 from featherface.version import __version__
 
 __all__ = [
@@ -341,62 +342,19 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
 
 
 # ------------------------------------------------------------------------------------------------- the resolver
-@dataclass(frozen=True)
-class ModelSource:
-    """What a model argument names. kind: ``default`` (the bundled weights; ``path`` is their file, checked),
-    ``checkpoint`` (``path``), ``onnx`` (``path``, an ONNX export) or ``name`` (``name``: a registered model,
-    untrained weights)."""
-
-    kind: str
-    path: Path | None = None
-    name: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.name}" if self.kind == "name" else f"{self.path}"
-
-
-def resolve_model_source(spec: str | os.PathLike | None) -> ModelSource:
-    """Resolve a model argument once, with one precedence for every caller.
-
-    ``None`` or ``""``: the bundled default weights (SHA-256 checked). An existing file: a checkpoint (``.onnx``:
-    an ONNX export). A registered model name (``featherface_v1``, ``featherface_v2``): an untrained network. A
-    path that does not exist: a checkpoint (loading it then says "not found"), unless it looks like a model name
-    (no folder, no suffix), which is a one-line "unknown model" error naming the known ones.
-    """
-    from featherface.models.registry import list_models
-
-    if spec is None or str(spec) == "":
-        from featherface.pretrained import default_weights_path
-
-        return ModelSource("default", path=default_weights_path())
-    text = os.fspath(spec)
-    path = Path(text)
-    if path.is_file():
-        return ModelSource("onnx" if path.suffix.lower() == ".onnx" else "checkpoint", path=path)
-    if text in list_models():
-        return ModelSource("name", name=text)
-    if not path.exists() and not path.suffix and os.sep not in text and "/" not in text:
-        raise FeatherFaceError(f"unknown model {text!r}: not a model name ({', '.join(list_models())}) "
-                               "and no such checkpoint file")
-    return ModelSource("onnx" if path.suffix.lower() == ".onnx" else "checkpoint", path=path)
-
-
 def load_any_model(spec: str | os.PathLike | ModelSource | None, *, map_location: str | torch.device = "cpu",
-                   overrides: Mapping[str, Any] | None = None, warn_untrained: bool = False) -> nn.Module:
-    """The PyTorch model of a model argument (:func:`resolve_model_source`), in eval mode.
+                   overrides: Mapping[str, Any] | None = None, pretrained: bool = True) -> nn.Module:
+    """The PyTorch model of a model argument (:func:`featherface.resolve.resolve_model_source`), in eval mode.
 
-    ``overrides``: config fields of a registered name (an error for files). ``warn_untrained``: warn that a name
-    gives random weights. An ONNX file is refused here (run it with ``FaceDetector(path)``, which selects the
-    ONNX Runtime backend for ``.onnx`` files).
+    ``overrides``: config fields of an untrained named network (an error otherwise). ``pretrained=False``: a name
+    builds an untrained network. An ONNX file is refused here (run it with ``FaceDetector(path)``, which uses ONNX
+    Runtime for ``.onnx`` files).
     """
-    source = spec if isinstance(spec, ModelSource) else resolve_model_source(spec)
+    source = spec if isinstance(spec, ModelSource) else resolve_model_source(spec, pretrained=pretrained)
     if overrides and source.kind != "name":
-        raise FeatherFaceError(f"config overrides apply to a model name, not to the file {source.path}")
+        raise FeatherFaceError(f"config overrides apply to an untrained model name, not to {source}")
     if source.kind == "name":
         assert source.name is not None
-        if warn_untrained:
-            warnings.warn(f"{source.name!r} builds an untrained network (random weights); pass a checkpoint path "
-                          "for real detections", stacklevel=3)
         return build_model(source.name, **dict(overrides or {})).eval()
     if source.kind == "onnx":
         raise FeatherFaceError(f"{source.path}: an ONNX export, not a PyTorch checkpoint (FaceDetector runs it with "

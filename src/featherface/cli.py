@@ -23,6 +23,8 @@ _COMMANDS = {
     "detect": ("featherface.commands.detect", "configure_parser", "run", "detect faces in images, folders, videos, webcams"),
     "detect-batch": ("featherface.commands.detect_batch", "configure_parser", "run",
                      "detect faces in many images on Ray Data (local or a cluster) into Parquet; resumable"),
+    "models": ("featherface.commands.models", "configure_parser", "run",
+               "list the shipped pretrained models (name, size, val-dev AP, licence)"),
     "info": ("featherface.commands.info", "configure_parser", "run", "parameter table, thop count and MACs of a model"),
     "check-teacher": ("featherface.commands.check_teacher", "configure_parser", "run",
                       "check that a checkpoint is a usable FeatherFace V1 teacher"),
@@ -118,10 +120,19 @@ def _configure_logging(debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from featherface.deps import missing_dependency_message
     from featherface.errors import FeatherFaceError, describe_os_error
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(argv)
+    try:
+        parser = build_parser(argv)
+    except ModuleNotFoundError as exc:  # the selected command's module needs an extra (torch, scipy, ...)
+        command = next((a for a in argv if not a.startswith("-")), "?")
+        message = missing_dependency_message(exc, f"featherface {command}")
+        if message is None or "--debug" in argv:
+            raise
+        print(f"featherface {command}: error: {message}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not hasattr(args, "_run"):
         parser.print_help()
@@ -134,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"featherface {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency this command needs is not installed
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        message = missing_dependency_message(exc, f"featherface {command}")
+        if message is None or args.debug:
+            raise
+        print(f"featherface {args.command}: error: {message}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file or folder we had to write or read: one line naming it
         if args.debug:

@@ -141,3 +141,19 @@ def add_detection_options(p: argparse.ArgumentParser) -> None:
                    help="never exceed this longest side (memory guard; 0 = off; default 2560)")
     p.add_argument("--max-megapixels", type=non_negative_float, default=100.0,
                    help="refuse images whose decode needs more megapixels, before decoding (0 = off; default 100)")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--backend``, as ``detect`` and ``eval`` take them (resolved by
+    :func:`featherface.resolve.resolve_model_source`, run by :class:`featherface.api.FaceDetector`)."""
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help="a shipped model name (featherface_v2: the default, fast; featherface_v1: most accurate; "
+                        "`featherface models` lists them), a checkpoint (.pth, ours or upstream V1) or a raw .onnx "
+                        "export")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "torch"), default="auto",
+                   help="auto (default): ONNX Runtime for shipped models and .onnx files, PyTorch for .pth files")
+
+
+def backend_arg(value: str | None) -> str | None:
+    """``--backend`` as :class:`featherface.api.FaceDetector` takes it (``auto`` -> ``None``)."""
+    return None if value in (None, "auto") else value

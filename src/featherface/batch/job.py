@@ -98,13 +98,12 @@ def _cache_dir() -> Path:
 def resolve_onnx(model: str | os.PathLike | None) -> tuple[Path, dict[str, str]]:
     """The raw-output ONNX file the actors run, and its identity for the settings file.
 
-    ``model`` is resolved by :func:`featherface.checkpoint.resolve_model_source` (the one resolver of the API and
-    the CLI): ``None``, the bundled default weights (SHA-256 checked), exported once to ``~/.cache/featherface``
-    (cached by digest); a ``.onnx`` file: used as is (a raw export, ``featherface export`` without
-    ``--with-postprocess``); a checkpoint: exported the same way (cached by its digest). A bare model name (untrained
-    weights) is refused: a batch job over real images needs trained weights."""
-    from featherface.checkpoint import resolve_model_source
+    ``model`` is resolved by :func:`featherface.resolve.resolve_model_source` (the one resolver of the API and
+    the CLI): ``None`` or a shipped name, the shipped raw ONNX file (SHA-256 checked); a ``.onnx`` file: used as
+    is (a raw export, ``featherface export`` without ``--with-postprocess``); a checkpoint: exported once to
+    ``~/.cache/featherface`` (cached by its digest; needs the ``train`` extra)."""
     from featherface.pretrained import sha256_of
+    from featherface.resolve import resolve_model_source
 
     source = resolve_model_source(model)
     if source.kind == "name":
@@ -114,12 +113,14 @@ def resolve_onnx(model: str | os.PathLike | None) -> tuple[Path, dict[str, str]]
     if not source.path.is_file():
         raise FeatherFaceError(f"{source.path}: model file not found (--model takes a checkpoint or a raw .onnx "
                                "export)")
-    if source.kind == "default":
-        from featherface.pretrained import default_weights_info
+    if source.kind == "pretrained":
+        from featherface.pretrained import weights_record
 
-        info = default_weights_info()
-        target = _cache_dir() / f"default-raw-{info.sha256[:16]}.onnx"
-        ident = {"model": f"default ({info.model_name})", "model_sha256": info.sha256}
+        record = weights_record(str(source.name))
+        ident = {"model": f"{source.name} (shipped)", "model_sha256": record.sha256}
+        if source.onnx_path is not None:  # the shipped raw ONNX file (SHA-256 checked by the resolver)
+            return source.onnx_path, ident
+        target = _cache_dir() / f"{source.name}-raw-{record.sha256[:16]}.onnx"
     else:
         digest = sha256_of(source.path)
         ident = {"model": source.path.name, "model_sha256": digest}

@@ -84,13 +84,11 @@ class DetectorActor:
                  resize: Any = None, max_side: int | None = 2560, max_pixels: int | None = 100_000_000,
                  threads: int = 1, filesystems: dict[str, Any] | None = None, read_threads: int = 8) -> None:
         import cv2
-        import torch
 
         from featherface.api import FaceDetector
 
         threads = max(1, int(threads))
         cv2.setNumThreads(threads)
-        torch.set_num_threads(threads)  # the decode/NMS tail runs on torch tensors
         self._dir = tempfile.mkdtemp(prefix="featherface-actor-")
         if isinstance(model, list):  # [ObjectRef] of the bytes, put once by the driver
             import ray

@@ -18,6 +18,8 @@ import cv2
 
 from featherface.cliargs import (
     add_detection_options,
+    add_model_options,
+    backend_arg,
     device,
     positive_int,
 )
@@ -46,11 +48,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image file, folder, video file or webcam index")
     p.add_argument("-o", "--output", default="featherface_out", help="output folder (default: featherface_out)")
-    p.add_argument("--model", default=None,
-                   help="checkpoint path (ours or upstream FeatherFace V1); default: the bundled V2 weights")
+    add_model_options(p)
     add_detection_options(p)
-    p.add_argument("--device", type=device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps (default cpu)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (>= 1)")
+    p.add_argument("--device", type=device, default="cpu",
+                   help="cpu (default), or cuda, cuda:N, mps with the PyTorch backend")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="threads of the network (>= 1; default: 1 with ONNX Runtime, torch's setting with PyTorch)")
     p.add_argument("--no-images", action="store_true", help="write only the JSON lines, no annotated images/videos")
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop videos / webcams after this many frames")
 
@@ -223,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     if not items:
         raise InputError(f"no images or videos found in {', '.join(args.sources)}")
     max_pixels = int(args.max_megapixels * 1e6) if args.max_megapixels else None
-    detector = FaceDetector(args.model, device=args.device, score_threshold=args.score, nms_threshold=args.nms,
+    detector = FaceDetector(args.model, backend=backend_arg(args.backend), device=args.device, score_threshold=args.score, nms_threshold=args.nms,
                             resize=args.resize, max_side=(args.max_side or None), num_threads=args.threads,
                             max_pixels=max_pixels)
     inputs = {src.resolve() for kind, src, _ in items if kind != "webcam"}

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         overrides[k.strip()] = _parse_value(v.strip())
     from featherface.checkpoint import load_any_model
 
-    model = load_any_model(args.model, overrides=overrides)
+    model = load_any_model(args.model, overrides=overrides, pretrained=not overrides)
     name = getattr(model, "model_name", args.model)
     h, w = args.size
     print(f"{name}" + (f"  (overrides: {overrides})" if overrides else ""))

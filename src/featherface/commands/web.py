@@ -58,26 +58,26 @@ def static_dir() -> Path:
 
 
 def default_onnx_model() -> Path:
-    """The packaged default ONNX model (``featherface/weights/default.onnx`` or the only ``*.onnx`` there)."""
-    weights = _package_dir() / "weights"
-    if (weights / "default.onnx").is_file():
-        return weights / "default.onnx"
-    found = sorted(weights.glob("*.onnx")) if weights.is_dir() else []
-    if found:
-        return found[0]
+    """The default model's shipped ONNX file with in-graph post-processing (SHA-256 checked); for a build without
+    one, the default checkpoint exported once (needs the ``train`` extra) and cached by digest."""
+    from featherface.pretrained import default_model_name, weights_file, weights_record
+
+    try:
+        name = default_model_name()
+        if weights_record(name).web_onnx_file:
+            return weights_file(name, "web")
+    except FeatherFaceError as exc:
+        raise FeatherFaceError(f"{exc}; or pass --model PATH.onnx (made by `featherface export CHECKPOINT -o "
+                               "model.onnx --with-postprocess`)") from None
     return _export_default_weights()
 
 
 def _export_default_weights() -> Path:
-    """Export the bundled default .pth weights (SHA-256 checked) with in-graph post-processing, cached by digest."""
+    """Export the default .pth weights (SHA-256 checked) with in-graph post-processing, cached by digest."""
     from featherface.pretrained import default_weights_info, default_weights_path
 
-    try:
-        info = default_weights_info()
-        checkpoint = default_weights_path()
-    except FeatherFaceError as exc:
-        raise FeatherFaceError(f"{exc}; or pass --model PATH.onnx (made by `featherface export CHECKPOINT -o "
-                               "model.onnx --with-postprocess`)") from None
+    info = default_weights_info()
+    checkpoint = default_weights_path()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "featherface"
     target = cache / f"default-{info.sha256[:16]}.onnx"
     if not target.is_file():

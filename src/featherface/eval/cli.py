@@ -21,7 +21,7 @@ __all__ = ["configure_parser", "run", "main"]
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("what to score (one of)")
     ex = src.add_mutually_exclusive_group(required=True)
-    ex.add_argument("--model", metavar="MODEL_OR_CHECKPOINT", help="model name or checkpoint path: run the detector")
+    ex.add_argument("--model", metavar="MODEL", help="shipped model name, checkpoint or .onnx file: run the detector")
     ex.add_argument("--predictions", metavar="DIR", help="folder of official prediction files (<event>/<image>.txt)")
     parser.add_argument("--images", metavar="DIR", help="WIDER_val/images folder (needed with --model)")
     parser.add_argument(
@@ -48,6 +48,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--top-k", type=positive_int, default=None, help="candidates kept before NMS (default: all, as upstream)")
     t.add_argument("--keep-top-k", type=positive_int, default=None, help="detections kept after NMS (default: all)")
     t.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
+    t.add_argument("--backend", choices=("auto", "onnxruntime", "torch"), default="auto",
+                   help="auto (default): ONNX Runtime for shipped models and .onnx files, PyTorch for .pth files")
     parser.add_argument("--no-plot", action="store_true", help="do not write the precision-recall PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -107,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
 
     gtd = load_ground_truth(gt)  # fail on a bad GT dir before loading the model
     from featherface.api import FaceDetector
+    from featherface.cliargs import backend_arg
 
-    detector = FaceDetector(args.model, device=args.device)
+    detector = FaceDetector(args.model, device=args.device, backend=backend_arg(getattr(args, "backend", "auto")))
     image_list = args.image_list
     if args.max_images is not None:
         if args.max_images < 1:
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
         image_list = evenly_spaced(list_images(args.images, args.image_list), args.max_images)
     out = out or Path(f"eval_{protocol.name}")
-    model_info = {"model": str(args.model), "device": args.device}
+    model_info = {"model": str(args.model), "device": args.device, "backend": getattr(detector, "backend", None)}
     result, report = evaluate_detector(
         detector,
         args.images,

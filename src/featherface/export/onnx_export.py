@@ -169,6 +169,7 @@ def export_onnx(
     max_detections: int = 750,
     example_size: tuple[int, int] = (64, 96),
     check: bool = True,
+    fold_constants: bool = True,
 ) -> Path:
     """Write ``model`` as ONNX to ``path`` and return the path.
 
@@ -179,11 +180,13 @@ def export_onnx(
         max_detections: at most this many faces per image after NMS (graph constant; with post-processing only).
         example_size: (H, W) of the tracing input; the exported axes are dynamic anyway.
         check: run ``onnx.checker`` (always) and compare with PyTorch on the tracing input (raw export only).
+        fold_constants: let the exporter fold constants (BatchNorm into the convolutions among them); ``False``
+            keeps every parameter as stored in the model (so float16-stored weights stay exact float16 values).
     """
     try:
         import onnx  # noqa: F401
     except ImportError:  # pragma: no cover
-        raise FeatherFaceError("ONNX export needs the 'onnx' package: pip install 'featherface[onnx]'") from None
+        raise FeatherFaceError("ONNX export needs the 'onnx' package: pip install 'featherface[train]'") from None
     if opset < 16:
         raise FeatherFaceError(f"opset {opset} is too old: GridSample (V1 deformable convs) needs >= 16; use 17")
     path = Path(path)
@@ -217,7 +220,7 @@ def export_onnx(
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python control flow are expected
             torch.onnx.export(wrapper, args, str(tmp), dynamo=False, opset_version=int(opset),
                               input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
-                              do_constant_folding=True)
+                              do_constant_folding=fold_constants)
         _set_metadata(tmp, onnx_metadata(model, post_meta))
     if check and not with_postprocess:
         err = check_parity(model, path, sizes=[example_size])
@@ -245,3 +248,100 @@ def check_parity(model: nn.Module, path: str | os.PathLike, *, sizes=((64, 96),)
                 raise FeatherFaceError(f"ONNX output shape {o.shape} != PyTorch {tuple(r.shape)} at {h}x{w}")
             worst = max(worst, float(np.abs(o - r.numpy()).max()))
     return worst
+
+
+def store_weights_as_float16(path: str | os.PathLike, *, min_elements: int = 64, lossless: bool = True) -> int:
+    """Store the float32 initializers of an ONNX file (those with at least ``min_elements`` values) as float16, each
+    followed by a ``Cast`` back to float32, so the file is about half the size and still computes in float32 (ONNX
+    Runtime folds the casts when it loads the file). Rewrites ``path`` atomically; returns the bytes saved.
+
+    ``lossless``: only initializers whose every value float16 holds exactly are converted (the weights of a checkpoint
+    stored in half precision; the rest stays float32), so the file computes exactly what the model does. ``False``
+    rounds every large enough initializer to float16 (refusing values beyond float16's range).
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    path = Path(path)
+    before = path.stat().st_size
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            kept.append(init)
+            continue
+        values = numpy_helper.to_array(init)
+        with np.errstate(over="ignore"):
+            halved = values.astype(np.float16)
+        exact = bool(np.array_equal(halved.astype(np.float32), values))
+        if (lossless and not exact) or not np.isfinite(halved).all():
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(halved, init.name + "__fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
+                                      name=init.name + "__to_fp32"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(proto)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return before - path.stat().st_size
+
+
+def simplify_onnx(path: str | os.PathLike) -> int:
+    """Simplify the graph of an ONNX file with onnxslim (shape arithmetic folded, dead and redundant nodes removed),
+    keeping dynamic axes and metadata and never folding parameters into one another (no Conv+BN fusion), so float16
+    storage afterwards stays exact. Rewrites ``path`` atomically; returns the number of nodes removed."""
+    import onnx
+
+    from featherface.deps import require
+
+    onnxslim = require("onnxslim", "simplifying an ONNX graph")
+    path = Path(path)
+    proto = onnx.load(str(path))
+    before = len(proto.graph.node)
+    keep_weights = ["FusionConvAdd", "FusionConvBN", "FusionConvMul", "FusionConvTransposeAdd",
+                    "FusionConvTransposeBN", "FusionConvTransposeMul", "FusionGemm", "FusionGemmMul", "FusionGemmAdd",
+                    "FusionPadConv"]
+    slim = onnxslim.slim(proto, skip_fusion_patterns=keep_weights)
+    onnx.checker.check_model(slim)
+    with atomic_path(path) as tmp:
+        onnx.save(slim, str(tmp))
+    return before - len(slim.graph.node)
+
+
+def shorten_tensor_names(path: str | os.PathLike) -> int:
+    """Rename the internal tensors of an ONNX file ``t0, t1, ...`` and drop node names and doc strings (graph inputs,
+    outputs and metadata unchanged): exporter names such as ``/ssh1/conv3x3/Conv_output_0`` are a large share of a
+    small model's file. Rewrites ``path`` atomically; returns the bytes saved."""
+    import onnx
+
+    path = Path(path)
+    before = path.stat().st_size
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    public = {v.name for v in graph.input} | {v.name for v in graph.output}
+    renamed: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in public:
+            return name
+        return renamed.setdefault(name, f"t{len(renamed)}")
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for node in graph.node:
+        node.name, node.doc_string = "", ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    del graph.value_info[:]
+    onnx.checker.check_model(proto)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return before - path.stat().st_size

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from featherface.errors import FeatherFaceError
 from featherface.geometry.anchors import AnchorSpec
@@ -31,7 +30,8 @@ def _ort():
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover
-        raise FeatherFaceError("the onnxruntime backend needs onnxruntime: pip install 'featherface[onnx]'") from None
+        raise FeatherFaceError("the onnxruntime backend needs onnxruntime (a core dependency): "
+                               "pip install onnxruntime") from None
     return ort
 
 
@@ -69,9 +69,6 @@ class OrtModel:
     """A raw-output FeatherFace ONNX file run by onnxruntime, with the PyTorch model's call contract."""
 
     def __init__(self, path: str | os.PathLike, *, num_threads: int | None = 1) -> None:
-        from featherface.models.outputs import DetectionOutput
-
-        self._out_cls = DetectionOutput
         self.path = Path(path)
         self.session = make_session(self.path, num_threads=num_threads)
         meta = read_metadata(self.session)
@@ -87,7 +84,7 @@ class OrtModel:
         except (KeyError, TypeError, ValueError) as exc:
             raise FeatherFaceError(f"{self.path}: no usable featherface metadata (anchors / preprocessing: {exc}); "
                                    "export it with `featherface export`") from None
-        self.model_name = meta.get("model_name", "onnx") + " (onnxruntime)"
+        self.model_name = meta.get("model_name", "onnx")
         self.metadata = meta
         self.input_name = self.session.get_inputs()[0].name
 
@@ -100,7 +97,13 @@ class OrtModel:
     def run_numpy(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(["boxes", "logits", "landmarks"], {self.input_name: np.ascontiguousarray(x, np.float32)})
 
-    def __call__(self, x: torch.Tensor):
+    def __call__(self, x: Any):
+        """``x``: ``Tensor[B, 3, H, W]`` → :class:`~featherface.models.outputs.DetectionOutput` of tensors (the
+        PyTorch model's contract; needs torch). :meth:`run_numpy` is the torch-free call."""
+        import torch
+
+        from featherface.models.outputs import DetectionOutput
+
         arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         boxes, logits, lms = self.run_numpy(arr)
-        return self._out_cls(torch.from_numpy(boxes), torch.from_numpy(logits), torch.from_numpy(lms))
+        return DetectionOutput(torch.from_numpy(boxes), torch.from_numpy(logits), torch.from_numpy(lms))

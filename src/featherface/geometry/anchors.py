@@ -18,13 +18,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import Tensor
 
 __all__ = ["AnchorSpec", "DEFAULT_ANCHORS", "DEFAULT_STEPS", "DEFAULT_MIN_SIZES", "anchor_spec_of", "make_anchors",
-           "num_anchors"]
+           "make_anchors_np", "num_anchors"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,13 @@ class AnchorSpec:
                    clip=bool(values.get("clip", False)))
 
     def anchors(self, image_size: Sequence[int], *, device: torch.device | str | None = None,
-                dtype: torch.dtype = torch.float32) -> Tensor:
-        """:func:`make_anchors` for this spec."""
+                dtype: torch.dtype | None = None) -> Tensor:
+        """:func:`make_anchors` for this spec (a torch tensor, float32 unless ``dtype``)."""
         return make_anchors(image_size, self.steps, self.min_sizes, clip=self.clip, device=device, dtype=dtype)
+
+    def anchors_np(self, image_size: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
+        """:func:`make_anchors_np` for this spec (no torch needed)."""
+        return make_anchors_np(image_size, self.steps, self.min_sizes, clip=self.clip, dtype=dtype)
 
     def num_anchors(self, image_size: Sequence[int]) -> int:
         return num_anchors(image_size, self.steps, self.min_sizes)
@@ -138,29 +145,49 @@ def num_anchors(
 
 
 @lru_cache(maxsize=32)
-def _anchors_cpu_f64(
+def _anchors_f64(
     image_size: tuple[int, int], steps: tuple[int, ...], min_sizes: tuple[tuple[int, ...], ...], clip: bool = False
-) -> Tensor:
+) -> np.ndarray:
     height, width = image_size
     levels = []
     for step, sizes in zip(steps, min_sizes):
         rows, cols = math.ceil(height / step), math.ceil(width / step)
-        # float64 arithmetic in the same order as the reference ((j + 0.5) * step / W), rounded once at the end.
-        cx = (torch.arange(cols, dtype=torch.float64) + 0.5) * step / width
-        cy = (torch.arange(rows, dtype=torch.float64) + 0.5) * step / height
-        size = torch.tensor(sizes, dtype=torch.float64)
+        # float64 arithmetic in the same order as the reference ((j + 0.5) * step / W), rounded once by the caller.
+        cx = (np.arange(cols, dtype=np.float64) + 0.5) * step / width
+        cy = (np.arange(rows, dtype=np.float64) + 0.5) * step / height
+        size = np.asarray(sizes, dtype=np.float64)
         n = len(sizes)
-        level = torch.empty(rows, cols, n, 4, dtype=torch.float64)
-        level[..., 0] = cx.view(1, cols, 1)
-        level[..., 1] = cy.view(rows, 1, 1)
-        level[..., 2] = (size / width).view(1, 1, n)
-        level[..., 3] = (size / height).view(1, 1, n)
+        level = np.empty((rows, cols, n, 4), dtype=np.float64)
+        level[..., 0] = cx.reshape(1, cols, 1)
+        level[..., 1] = cy.reshape(rows, 1, 1)
+        level[..., 2] = (size / width).reshape(1, 1, n)
+        level[..., 3] = (size / height).reshape(1, 1, n)
         levels.append(level.reshape(-1, 4))
-    out = torch.cat(levels, dim=0) if levels else torch.zeros(0, 4, dtype=torch.float64)
+    out = np.concatenate(levels, axis=0) if levels else np.zeros((0, 4), dtype=np.float64)
     if clip:
-        out.clamp_(0.0, 1.0)
-    out.requires_grad_(False)
+        np.clip(out, 0.0, 1.0, out=out)
+    out.flags.writeable = False  # cached: shared by every caller
     return out
+
+
+def make_anchors_np(
+    image_size: Sequence[int],
+    steps: Sequence[int] = DEFAULT_STEPS,
+    min_sizes: Sequence[Sequence[int]] = DEFAULT_MIN_SIZES,
+    *,
+    clip: bool = False,
+    dtype: Any = np.float32,
+) -> np.ndarray:
+    """Anchors for an input of ``image_size = (height, width)`` pixels, as a NumPy array.
+
+    Returns:
+        ``[A, 4]`` of ``(cx, cy, w, h)`` normalised to ``[0, 1]`` by the image width/height (``cx``/``w`` by
+        width, ``cy``/``h`` by height), ``A = num_anchors(image_size, steps, min_sizes)``; order level -> row ->
+        column -> min_size. Values are computed in float64 (clamped to ``[0, 1]`` with ``clip``) and rounded once
+        to ``dtype`` (cached per size; the returned array is a fresh copy).
+    """
+    key = _normalise_args(image_size, steps, min_sizes)
+    return _anchors_f64(*key, bool(clip)).astype(dtype, copy=True)
 
 
 def make_anchors(
@@ -170,15 +197,10 @@ def make_anchors(
     *,
     clip: bool = False,
     device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Anchors for an input of ``image_size = (height, width)`` pixels.
+    """:func:`make_anchors_np` as a ``Tensor[A, 4]`` (float32 unless ``dtype``) on ``device``: the same values."""
+    import torch
 
-    Returns:
-        ``Tensor[A, 4]`` of ``(cx, cy, w, h)`` normalised to ``[0, 1]`` by the image width/height (``cx``/``w`` by
-        width, ``cy``/``h`` by height), ``A = num_anchors(image_size, steps, min_sizes)``; order level -> row ->
-        column -> min_size. Values are computed in float64 (clamped to ``[0, 1]`` with ``clip``) and rounded once
-        to ``dtype`` (cached per size; the returned tensor is a fresh copy).
-    """
     key = _normalise_args(image_size, steps, min_sizes)
-    return _anchors_cpu_f64(*key, bool(clip)).to(device=device, dtype=dtype, copy=True)
+    return torch.from_numpy(_anchors_f64(*key, bool(clip)).copy()).to(device=device, dtype=dtype or torch.float32)

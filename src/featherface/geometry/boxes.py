@@ -13,14 +13,14 @@ Conventions (every function states its own):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from featherface.geometry.anchors import DEFAULT_ANCHORS
+from featherface.geometry.decode import MAX_LOG_SCALE, VARIANCES, cxcywh_to_xyxy, decode_boxes, decode_landmarks
+from featherface.geometry.decode import check_anchors as _check_anchors
 
 __all__ = [
     "VARIANCES",
@@ -35,29 +35,8 @@ __all__ = [
     "decode_landmarks",
 ]
 
-#: Default variances ``(v_centre, v_size)`` of the box / landmark parametrisation (``cfg_mnet['variance']``);
-#: models carry their own in their :class:`~featherface.geometry.anchors.AnchorSpec`.
-VARIANCES: tuple[float, float] = DEFAULT_ANCHORS.variances
-
-#: Upper clamp of ``loc[..., 2:] * v_size`` before ``exp`` in :func:`decode_boxes`: a box at most 10,000x its anchor.
-#: Far beyond any real face (so reference decodes are unchanged), it only keeps ``exp`` finite in float32.
-MAX_LOG_SCALE: float = math.log(1e4)
-
 #: Smallest box side used in ``log`` by :func:`encode_boxes`, so degenerate (zero-size) boxes encode finitely.
 _MIN_ENCODE_SIZE: float = 1e-8
-
-
-def _decode_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """``Tensor[..., 4]`` ``(cx, cy, w, h)`` -> ``(x1, y1, x2, y2)``, same unit.
-
-    ``x1 = cx - w / 2`` and ``x2 = x1 + w`` (the reference decode's order of operations).
-    """
-    xy1 = boxes[..., :2] - boxes[..., 2:] / 2
-    return torch.cat((xy1, xy1 + boxes[..., 2:]), dim=-1)
 
 
 def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
@@ -98,15 +77,6 @@ def box_iou_np(a: np.ndarray, b: np.ndarray, *, pixel_offset: float = 0.0) -> np
         return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0).astype(np.result_type(a, b, np.float32))
 
 
-def _check_anchors(anchors: Tensor, data: Tensor, last: int, what: str) -> None:
-    if anchors.ndim != 2 or anchors.shape[-1] != 4:
-        raise ValueError(f"anchors must be Tensor[A, 4], got shape {tuple(anchors.shape)}")
-    if data.ndim < 2 or data.shape[-1] != last or data.shape[-2] != anchors.shape[0]:
-        raise ValueError(
-            f"{what} must be Tensor[..., A={anchors.shape[0]}, {last}], got shape {tuple(data.shape)}"
-        )
-
-
 def encode_boxes(matched_xyxy: Tensor, anchors: Tensor, variances: Sequence[float] = VARIANCES) -> Tensor:
     """Regression targets of boxes w.r.t. their anchors.
 
@@ -127,28 +97,6 @@ def encode_boxes(matched_xyxy: Tensor, anchors: Tensor, variances: Sequence[floa
     return torch.cat((centre, size), dim=-1)
 
 
-def decode_boxes(loc: Tensor, anchors: Tensor, variances: Sequence[float] = VARIANCES) -> Tensor:
-    """Boxes from regression outputs (inverse of :func:`encode_boxes`).
-
-    Args:
-        loc: ``Tensor[..., A, 4]`` raw box-head outputs.
-        anchors: ``Tensor[A, 4]`` ``cxcywh`` normalised.
-
-    Returns:
-        ``Tensor[..., A, 4]`` ``xyxy`` normalised to ``[0, 1]`` by image width/height (multiply by ``[W, H, W, H]``
-        for pixels), computed in float32 (float64 if ``loc`` is float64). ``loc[..., 2:] * v1`` is clamped at
-        :data:`MAX_LOG_SCALE` before ``exp``.
-    """
-    _check_anchors(anchors, loc, 4, "loc")
-    dtype = _decode_dtype(loc)
-    loc = loc.to(dtype)
-    anchors = anchors.to(device=loc.device, dtype=dtype)
-    v0, v1 = float(variances[0]), float(variances[1])
-    centre = anchors[:, :2] + loc[..., :2] * v0 * anchors[:, 2:]
-    size = anchors[:, 2:] * torch.exp((loc[..., 2:] * v1).clamp(max=MAX_LOG_SCALE))
-    return cxcywh_to_xyxy(torch.cat((centre, size), dim=-1))
-
-
 def encode_landmarks(landmarks: Tensor, anchors: Tensor, variances: Sequence[float] = VARIANCES) -> Tensor:
     """Landmark regression targets.
 
@@ -165,23 +113,3 @@ def encode_landmarks(landmarks: Tensor, anchors: Tensor, variances: Sequence[flo
     points = landmarks.unflatten(-1, (5, 2))
     out = (points - anchors[:, None, :2]) / (v0 * anchors[:, None, 2:])
     return out.flatten(-2)
-
-
-def decode_landmarks(pred: Tensor, anchors: Tensor, variances: Sequence[float] = VARIANCES) -> Tensor:
-    """Landmarks from landmark-head outputs (inverse of :func:`encode_landmarks`).
-
-    Args:
-        pred: ``Tensor[..., A, 10]`` raw landmark-head outputs.
-        anchors: ``Tensor[A, 4]`` ``cxcywh`` normalised.
-
-    Returns:
-        ``Tensor[..., A, 10]`` five ``(x, y)`` points normalised by image width/height (multiply by ``[W, H] * 5``
-        for pixels), in float32 (float64 if ``pred`` is float64).
-    """
-    _check_anchors(anchors, pred, 10, "pred")
-    dtype = _decode_dtype(pred)
-    pred = pred.to(dtype)
-    anchors = anchors.to(device=pred.device, dtype=dtype)
-    v0 = float(variances[0])
-    points = anchors[:, None, :2] + pred.unflatten(-1, (5, 2)) * v0 * anchors[:, None, 2:]
-    return points.flatten(-2)

@@ -14,8 +14,9 @@ the CLI), by :mod:`featherface.eval.protocols` (several passes, flipped ones inc
 
 :func:`postprocess` is both steps for one pass. The in-graph version for ONNX exports is
 :mod:`featherface.export.postprocess_graph` (same decoding code, ONNX ``NonMaxSuppression`` with the same "+1" IoU).
-Arithmetic is float32 in a fixed order, so results are reproducible bit for bit. Importing this module does not import
-torch (only :func:`decode_detections` / :func:`postprocess` need it).
+Arithmetic is float32 in a fixed order, so results are reproducible bit for bit. The same formulas
+(:mod:`featherface.geometry.decode`) run on NumPy arrays (no torch needed) or on tensors (torch's ``exp`` and
+``softmax``, which can differ from NumPy's by an ulp or two).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from featherface.geometry.nms import nms_np
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-__all__ = ["NMS_PIXEL_OFFSET", "Detections", "decode_detections", "select_detections", "postprocess",
+__all__ = ["NMS_PIXEL_OFFSET", "Detections", "face_scores", "decode_detections", "select_detections", "postprocess",
            "postprocess_batch"]
 
 #: The NMS IoU convention of every path (upstream ``py_cpu_nms``): box sides are ``x2 - x1 + 1``.
@@ -57,18 +58,29 @@ def _empty() -> Detections:
     return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 10), np.float32))
 
 
-def _check_shapes(loc: Tensor, logits: Tensor, landmarks: Tensor, anchors: Tensor) -> None:
+def _is_tensor(x: Any) -> bool:
+    return type(x).__module__.split(".", 1)[0] == "torch"
+
+
+def _check_shapes(loc: Any, logits: Any, landmarks: Any, anchors: Any) -> None:
     a = anchors.shape[0]
     for name, t, k in (("loc", loc, 4), ("logits", logits, 2), ("landmarks", landmarks, 10), ("anchors", anchors, 4)):
         if t.ndim != 2 or t.shape != (a, k):
             raise ValueError(f"{name} must be Tensor[A={a}, {k}], got shape {tuple(t.shape)}")
 
 
+def face_scores(logits: np.ndarray) -> np.ndarray:
+    """``softmax(logits)[:, 1]`` of ``[A, 2]`` float32 logits (max-subtracted, as ``torch.softmax``) -> ``[A]``."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e[:, 1] / (e[:, 0] + e[:, 1])
+
+
 def decode_detections(
-    loc: Tensor,
-    logits: Tensor,
-    landmarks: Tensor,
-    anchors: Tensor,
+    loc: Any,
+    logits: Any,
+    landmarks: Any,
+    anchors: Any,
     input_size: Sequence[int],
     *,
     variances: Sequence[float],
@@ -79,8 +91,9 @@ def decode_detections(
     """Candidates of one network pass (step 1 of the module docstring), before NMS.
 
     Args:
-        loc, logits, landmarks: ``Tensor[A, 4]``, ``Tensor[A, 2]``, ``Tensor[A, 10]`` head outputs of one image.
-        anchors: ``Tensor[A, 4]`` ``cxcywh`` normalised, for ``input_size``.
+        loc, logits, landmarks: ``[A, 4]``, ``[A, 2]``, ``[A, 10]`` head outputs of one image: NumPy arrays
+            (decoded by NumPy, no torch needed: the ONNX Runtime path) or tensors on any device (decoded by torch).
+        anchors: ``[A, 4]`` ``cxcywh`` normalised, for ``input_size``.
         input_size: ``(height, width)`` of the network input in pixels.
         variances: the anchor spec's ``(v_centre, v_size)``.
         score_threshold: keep ``score > score_threshold``.
@@ -90,24 +103,38 @@ def decode_detections(
     Returns:
         :class:`Detections` in original-image pixels, by descending score.
     """
-    import torch
-
-    from featherface.geometry.boxes import decode_boxes, decode_landmarks
+    from featherface.geometry.decode import decode_boxes, decode_landmarks
 
     _check_shapes(loc, logits, landmarks, anchors)
     h, w = (int(v) for v in input_size)
-    with torch.no_grad():
-        scores_t = torch.softmax(logits.detach().float(), dim=-1)[:, 1]
-        keep = scores_t > score_threshold
-        if not bool(keep.any()):
+    sx, sy = w / scale, h / scale  # normalised -> original pixels
+    if _is_tensor(loc):  # tensors are decoded by torch (bit-identical to the reference pipeline), then moved
+        import torch
+
+        if not _is_tensor(anchors):
+            anchors = torch.from_numpy(np.array(anchors, np.float32))  # a copy: cached anchors are read-only
+        anchors = anchors.to(loc.device)
+        with torch.no_grad():
+            scores_t = torch.softmax(logits.detach().float(), dim=-1)[:, 1]
+            keep_t = scores_t > score_threshold
+            if not bool(keep_t.any()):
+                return _empty()
+            anchors_k = anchors[keep_t]
+            boxes_t = decode_boxes(loc.detach()[keep_t], anchors_k, variances)
+            points_t = decode_landmarks(landmarks.detach()[keep_t], anchors_k, variances)
+            boxes = (boxes_t * torch.tensor([sx, sy, sx, sy], device=boxes_t.device)).cpu().numpy()
+            points = (points_t * torch.tensor([sx, sy] * 5, device=points_t.device)).cpu().numpy()
+            scores = scores_t[keep_t].cpu().numpy()
+    else:
+        scores_all = face_scores(np.asarray(logits, np.float32))
+        keep = scores_all > score_threshold
+        if not keep.any():
             return _empty()
-        anchors_k = anchors[keep]
-        boxes_t = decode_boxes(loc.detach()[keep], anchors_k, variances)
-        points_t = decode_landmarks(landmarks.detach()[keep], anchors_k, variances)
-        sx, sy = w / scale, h / scale  # normalised -> original pixels
-        boxes = (boxes_t * torch.tensor([sx, sy, sx, sy], device=boxes_t.device)).cpu().numpy()
-        points = (points_t * torch.tensor([sx, sy] * 5, device=points_t.device)).cpu().numpy()
-        scores = scores_t[keep].cpu().numpy()
+        anchors_k = np.asarray(anchors)[keep]
+        boxes = decode_boxes(np.asarray(loc)[keep], anchors_k, variances) * np.asarray([sx, sy, sx, sy], np.float32)
+        points = decode_landmarks(np.asarray(landmarks)[keep], anchors_k, variances) * np.asarray([sx, sy] * 5,
+                                                                                                 np.float32)
+        scores = scores_all[keep]
     if flip:
         width = w / scale
         boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
