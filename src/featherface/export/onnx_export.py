@@ -317,30 +317,16 @@ def simplify_onnx(path: str | os.PathLike) -> int:
 
 
 def shorten_tensor_names(path: str | os.PathLike) -> int:
-    """Rename the internal tensors of an ONNX file ``t0, t1, ...`` and drop node names and doc strings (graph inputs,
+    """Rename the internal tensors of an ONNX file (:func:`featherface.export.quantize.compact_names`: graph inputs,
     outputs and metadata unchanged): exporter names such as ``/ssh1/conv3x3/Conv_output_0`` are a large share of a
     small model's file. Rewrites ``path`` atomically; returns the bytes saved."""
     import onnx
 
+    from featherface.export.quantize import compact_names
+
     path = Path(path)
     before = path.stat().st_size
-    proto = onnx.load(str(path))
-    graph = proto.graph
-    public = {v.name for v in graph.input} | {v.name for v in graph.output}
-    renamed: dict[str, str] = {}
-
-    def short(name: str) -> str:
-        if not name or name in public:
-            return name
-        return renamed.setdefault(name, f"t{len(renamed)}")
-
-    for init in graph.initializer:
-        init.name = short(init.name)
-    for node in graph.node:
-        node.name, node.doc_string = "", ""
-        node.input[:] = [short(n) for n in node.input]
-        node.output[:] = [short(n) for n in node.output]
-    del graph.value_info[:]
+    proto = compact_names(onnx.load(str(path)))
     onnx.checker.check_model(proto)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
