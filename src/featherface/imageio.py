@@ -47,13 +47,36 @@ __all__ = [
     "decode_image_bytes",
     "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "WRITABLE_IMAGE_SUFFIXES", "DEFAULT_MAX_PIXELS", "ImageHeader",
     "DecodedImage", "apply_orientation", "read_header", "decode_image", "load_image", "to_bgr_uint8", "captured_stderr",
-    "write_image_atomic",
+    "write_image_atomic", "walk_media_files",
 ]
 
 #: Image suffixes, the one list used for folder discovery, single files and the evaluator's image folders.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".jp2", ".pgm", ".ppm",
                   ".pnm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
+
+def walk_media_files(folder: str | os.PathLike, exclude: Path | None = None) -> Iterator[Path]:
+    """Image and video files under ``folder`` (recursive, sorted per folder), without hidden files or folders and
+    without anything inside ``exclude`` (a resolved path: the output folder of a run). The one folder walk of
+    ``featherface detect`` and ``detect-batch``."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            if exclude is not None:
+                resolved = (here / d).resolve()
+                if resolved == exclude or exclude in resolved.parents:
+                    continue
+            keep.append(d)
+        dirnames[:] = keep
+        for fn in sorted(filenames):
+            if not fn.startswith(".") and fn.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES):
+                yield here / fn
+
+
 #: Suffixes an annotated copy keeps (OpenCV encodes a BGR image in them without loss of meaning); other inputs get
 #: ``.png`` appended to their full name.
 WRITABLE_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from featherface.errors import InputError
-from featherface.imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from featherface.imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES, walk_media_files
 
 __all__ = ["Listing", "list_images", "is_uri", "split_uri", "open_filesystem"]
 
@@ -110,23 +110,11 @@ def _hidden(rel_parts: tuple[str, ...]) -> bool:
 
 
 def _list_local_folder(folder: Path, out: Listing, seen: set[str], exclude: Path | None) -> None:
-    for dirpath, dirnames, filenames in os.walk(folder):
-        here = Path(dirpath)
-        keep = []
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                continue
-            if exclude is not None and (here / d).resolve() == exclude:
-                continue
-            keep.append(d)
-        dirnames[:] = keep
-        for fn in sorted(filenames):
-            if fn.startswith("."):
-                continue
-            if _is_image(fn):
-                out.add(os.path.abspath(here / fn), seen)
-            elif _is_video(fn):
-                out.skipped_videos += 1
+    for path in walk_media_files(folder, exclude):
+        if _is_image(path.name):
+            out.add(os.path.abspath(path), seen)
+        else:
+            out.skipped_videos += 1
 
 
 def _list_local_glob(pattern: str, out: Listing, seen: set[str]) -> None:

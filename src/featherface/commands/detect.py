@@ -9,7 +9,6 @@ and the run goes on; the exit status is 1 when any input was skipped.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +25,10 @@ from featherface.cliargs import (
 from featherface.errors import FeatherFaceError, InputError, describe_os_error
 from featherface.fsutil import AtomicFile, commit_temp, discard_temp, reserve_temp
 from featherface.imageio import (
-    IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     WRITABLE_IMAGE_SUFFIXES,
     captured_stderr,
+    walk_media_files,
     write_image_atomic,
 )
 
@@ -58,30 +57,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop videos / webcams after this many frames")
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def _iter_folder(folder: Path, exclude: Path | None = None) -> list[Path]:
-    """Image and video files under ``folder`` (recursive, sorted), without hidden files or folders and without
-    anything inside ``exclude`` (the output folder)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        here = Path(dirpath)
-        keep = []
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                continue
-            if exclude is not None and _inside((here / d).resolve(), exclude):
-                continue
-            keep.append(d)
-        dirnames[:] = keep
-        for fn in sorted(filenames):
-            if not fn.startswith(".") and fn.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES):
-                found.append(here / fn)
-    return found
-
-
 def _expand_sources(sources: list[str], exclude: Path | None = None) -> Iterator[tuple[str, Path | int, Path | None]]:
     """(kind, source, root) for every input: kind is 'image', 'video' or 'webcam'; root is the folder given."""
     for s in sources:
@@ -90,7 +65,7 @@ def _expand_sources(sources: list[str], exclude: Path | None = None) -> Iterator
             continue
         p = Path(s)
         if p.is_dir():
-            for f in _iter_folder(p, exclude):
+            for f in walk_media_files(p, exclude):
                 yield ("video" if f.suffix.lower() in VIDEO_SUFFIXES else "image"), f, p
         elif p.suffix.lower() in VIDEO_SUFFIXES and p.exists():
             yield "video", p, None
