@@ -5,8 +5,11 @@
 1. Optionally re-estimates BatchNorm statistics over training batches (``featherface.train.precise_bn``; the
    recipe's labels, images and crop size are read from the checkpoint's training config).
 2. Writes an inference-only checkpoint (weights + model config + featherface version, no optimizer or training
-   state) as ``featherface_v2_default.pth`` and ``default.json`` (file, SHA-256, model name, parameters, provenance)
-   next to it; the package checks the SHA-256 at load.
+   state) as ``featherface_v2_default.pth``, updates the ``featherface_v2`` record of ``models.json`` (SHA-256,
+   notes; the val-dev AP is cleared until measured again) and regenerates the ONNX files from it with
+   ``scripts/build_model_zoo.py``, so the shipped checkpoint, ONNX files and manifest cannot drift apart. Then:
+   ``featherface eval --model featherface_v2 ... -o runs/zoo/featherface_v2`` and
+   ``python scripts/build_model_zoo.py --ap featherface_v2=runs/zoo/featherface_v2/results.json``.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import torch
 from featherface.checkpoint import load_model, read_checkpoint, save_checkpoint
 from featherface.fsutil import atomic_write_text
 from featherface.models.stats import count_parameters
-from featherface.pretrained import sha256_of
+from featherface.pretrained import MANIFEST, sha256_of
 
 FILE_NAME = "featherface_v2_default.pth"
+WEIGHTS = Path("src/featherface/weights")
 
 
 def _bn_batches(config: dict, n: int, batch_size: int, seed: int):
@@ -71,10 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     provenance = {"source_checkpoint": str(args.checkpoint), "epochs_trained": extra.get("epoch"),
                   "precise_bn_batches": args.bn_batches, "train_config": config.get("name"), "notes": args.notes}
     path = save_checkpoint(args.out / FILE_NAME, model, extra={"provenance": provenance})
-    info = {"file": FILE_NAME, "sha256": sha256_of(path), "model_name": model.model_name,
-            "params": count_parameters(model), "notes": args.notes or f"from {args.checkpoint}"}
-    atomic_write_text(args.out / "default.json", json.dumps(info, indent=2) + "\n")
-    print(f"{path}: {path.stat().st_size:,d} bytes, {info['params']:,d} parameters, sha256 {info['sha256'][:16]}…")
+    manifest_path = args.out / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"default": "featherface_v2",
+                                                                                      "models": {}}
+    record = manifest["models"].setdefault("featherface_v2", {})
+    record.update({"file": FILE_NAME, "sha256": sha256_of(path), "model_name": model.model_name,
+                   "params": count_parameters(model), "notes": args.notes or f"from {args.checkpoint}",
+                   "val_dev_ap": {}})
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    print(f"{path}: {path.stat().st_size:,d} bytes, {record['params']:,d} parameters, sha256 {record['sha256'][:16]}…")
+    if args.out.resolve() == WEIGHTS.resolve():
+        from build_model_zoo import main as build_model_zoo  # scripts/ is on sys.path when run as a script
+
+        build_model_zoo([])  # the ONNX files (raw, browser) and their digests follow the new checkpoint
     return 0
 
 
