@@ -157,3 +157,23 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def backend_arg(value: str | None) -> str | None:
     """``--backend`` as :class:`featherface.api.FaceDetector` takes it (``auto`` -> ``None``)."""
     return None if value in (None, "auto") else value
+
+
+def set_overrides(items: list[str] | None, key_form: str = "KEY") -> dict:
+    """``--set KEY=VALUE`` options as a dict, each value read as a TOML value (``3`` → int, ``true`` → bool,
+    ``[1, 2]`` → list), falling back to the plain string (``ssh=factorised``). One parser for ``train`` and ``info``;
+    a malformed item is a one-line error naming it."""
+    import tomllib
+
+    from featherface.errors import FeatherFaceError
+
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise FeatherFaceError(f"--set expects {key_form}=VALUE, got {item!r}")
+        key, text = (part.strip() for part in item.split("=", 1))
+        try:
+            out[key] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = text
+    return out

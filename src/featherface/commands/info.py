@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from featherface.cliargs import positive_int
+from featherface.cliargs import positive_int, set_overrides
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -14,29 +14,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=positive_int, nargs=2, default=(640, 640), metavar=("H", "W"), help="input size for MACs")
 
 
-def _parse_value(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def run(args: argparse.Namespace) -> int:
-    from featherface.errors import FeatherFaceError
     from featherface.models.registry import build_model
     from featherface.models.stats import count_macs, count_parameters, parameter_table, thop_convention_params
 
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise FeatherFaceError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = _parse_value(v.strip())
+    overrides = set_overrides(args.set)
     from featherface.checkpoint import load_any_model
 
     model = load_any_model(args.model, overrides=overrides, pretrained=not overrides)

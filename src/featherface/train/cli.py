@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-import tomllib
 
 from featherface import cliargs
-from featherface.errors import FeatherFaceError
 
 __all__ = ["DEFAULT_PATHS", "configure_parser", "run", "build_config", "with_default_paths", "main"]
 
@@ -95,13 +91,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def with_default_paths(cfg):
     """``cfg`` with the :data:`DEFAULT_PATHS` filled in where it has none (``None``)."""
     from featherface.train.config import apply_overrides, config_to_dict
@@ -130,11 +119,7 @@ def build_config(args: argparse.Namespace):
     overrides = {field: getattr(args, dest, None) for dest, field in _OVERRIDES.items()}
     if getattr(args, "no_teacher_backbone", False):
         overrides["distill.init_backbone"] = False
-    for item in getattr(args, "set", []) or []:
-        if "=" not in item:
-            raise FeatherFaceError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = _parse_value(value.strip())
+    overrides.update(cliargs.set_overrides(getattr(args, "set", None), "SECTION.KEY"))
     return apply_overrides(cfg, overrides)
 
 
