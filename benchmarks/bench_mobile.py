@@ -14,7 +14,8 @@ layout). Protocol (also written into the report):
   ``cv2.resize`` to exactly W×H, BGR − (104, 117, 123), NCHW (onnx / ort / PyTorch) or NHWC (tflite);
 * parity: per format, the max over the images of the max abs difference against PyTorch float32 of the decoded boxes
   (x1 y1 x2 y2, network-input pixels, over the anchors whose PyTorch score is > 0.02) and of the scores
-  (softmax face probability, all anchors);
+  (softmax face probability, all anchors); and ort against its onnx on raw outputs, the onnx run with the
+  optimisations of the ORT conversion (:func:`featherface.export.mobile.onnx_session_like_ort_conversion`);
 * latency: network forward only (no resize / decoding), 1 thread everywhere (PyTorch ``set_num_threads(1)``, ONNX
   Runtime intra-op 1, LiteRT ``num_threads=1`` with its default XNNPACK delegate), one fixed val-dev input per size,
   ``--warmup`` calls, then ``--runs`` rounds in which every runtime is called once in turn (round-robin, so that load
@@ -111,8 +112,11 @@ def _export_all(model, name: str, sizes: list[tuple[int, int]], out: Path, log) 
     return files
 
 
-def _parity(model, runners, images: list[Path], size: tuple[int, int]) -> dict[str, dict[str, float]]:
+def _parity(model, runners, images: list[Path], size: tuple[int, int], onnx_like_ort) -> dict[str, Any]:
+    """Max abs differences against PyTorch (decoded, see the protocol) per runtime, plus ``_ort_vs_onnx_raw``: the
+    raw outputs of the .ort against its .onnx run with the conversion's optimisations (``onnx_like_ort``)."""
     worst = {k: {"boxes_px": 0.0, "scores": 0.0} for k in runners if k != "pytorch"}
+    ort_vs_onnx = 0.0
     candidates = 0
     for path in images:
         x = _network_input(path, size)
@@ -120,15 +124,19 @@ def _parity(model, runners, images: list[Path], size: tuple[int, int]) -> dict[s
         rb, rs = mobile.decoded_boxes_scores(ref["boxes"], ref["logits"], size, model)
         keep = rs > mobile.CANDIDATE_SCORE
         candidates += int(keep.sum())
+        raw = {}
         for name, run in runners.items():
             if name == "pytorch":
                 continue
-            got = run(x)
+            got = raw[name] = run(x)
             gb, gs = mobile.decoded_boxes_scores(got["boxes"], got["logits"], size, model)
             if keep.any():
                 worst[name]["boxes_px"] = max(worst[name]["boxes_px"], float(np.abs(gb - rb)[keep].max()))
             worst[name]["scores"] = max(worst[name]["scores"], float(np.abs(gs - rs).max()))
-    return {**worst, "_candidates": {"count": candidates, "images": len(images)}}
+        names = [o.name for o in onnx_like_ort.get_outputs()]
+        mirrored = dict(zip(names, onnx_like_ort.run(names, {"input": x})))
+        ort_vs_onnx = max([ort_vs_onnx] + [float(np.abs(raw["ort"][k] - mirrored[k]).max()) for k in names])
+    return {**worst, "_candidates": {"count": candidates, "images": len(images)}, "_ort_vs_onnx_raw": ort_vs_onnx}
 
 
 def _latency(calls: dict[tuple[str, str], Callable[[], Any]], warmup: int, runs: int) -> dict[str, dict[str, float]]:
@@ -182,7 +190,9 @@ def _markdown(results: dict[str, Any], sizes: list[tuple[int, int]]) -> str:
                 else:
                     row += " - |"
             lines.append(row)
-        lines.append("")
+        ort_vs_onnx = max(p.get("_ort_vs_onnx_raw", 0.0) for p in res["parity"].values())
+        lines += ["", f"ort vs its onnx (raw outputs, both in onnxruntime with the conversion's optimisations): "
+                      f"max abs difference {ort_vs_onnx:.2g}", ""]
     return "\n".join(lines)
 
 
@@ -233,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             runners = _runners(model, {**files, **per}, args.threads)
             t = time.perf_counter()
-            res["parity"][f"{h}x{w}"] = _parity(model, runners, images, (h, w))
+            onnx_like_ort = mobile.onnx_session_like_ort_conversion(files["onnx"], num_threads=args.threads)
+            res["parity"][f"{h}x{w}"] = _parity(model, runners, images, (h, w), onnx_like_ort)
             log(f"{name} {w}x{h}: parity on {len(images)} images {time.perf_counter() - t:.0f} s "
                 f"{json.dumps(res['parity'][f'{h}x{w}'])}")
         # latency: both sizes and every runtime in one round-robin
