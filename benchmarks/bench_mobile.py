@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not Path(args.list).is_file():
+        raise SystemExit(f"{args.list}: val-dev list not found (the ../shared data layout: ../shared/data/README.md)")
     rels = [line.strip() for line in Path(args.list).read_text().splitlines() if line.strip()]
     sizes = [tuple(s) for s in args.sizes]
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731

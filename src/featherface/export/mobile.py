@@ -59,9 +59,10 @@ from featherface.geometry.anchors import anchor_spec_of
 from featherface.preprocessing import DEFAULT_PREPROCESSING
 from featherface.version import __version__
 
-__all__ = ["FORMATS", "PRECISIONS", "MOBILE_EXTRA", "METADATA_KEY", "export_model", "app_metadata",
-           "decoded_boxes_scores", "export_ort", "export_tflite", "export_coreml", "check_ort_parity", "onnx_session_like_ort_conversion",
-           "check_tflite_parity", "tflite_metadata", "tflite_to_fp16", "coreml_spec_summary", "mobile_friendly", "require_converter"]
+__all__ = ["FORMATS", "PRECISIONS", "MOBILE_EXTRA", "METADATA_KEY", "CANDIDATE_SCORE", "export_model", "app_metadata",
+           "decoded_boxes_scores", "export_ort", "check_ort_parity", "onnx_session_like_ort_conversion",
+           "export_tflite", "tflite_to_fp16", "tflite_metadata", "check_tflite_parity", "export_coreml",
+           "coreml_spec_summary", "mobile_friendly", "require_converter"]
 
 #: Name of the metadata entry (TFLite flatbuffer) / user-defined metadata key (Core ML) holding :func:`app_metadata`.
 METADATA_KEY = "featherface"
@@ -191,7 +192,8 @@ def app_metadata(model: nn.Module, *, fmt: str, input_size: Sequence[int] | None
         },
         "decode": {
             "box": "cx = acx + dx*v0*aw; cy = acy + dy*v0*ah; w = aw*exp(dw*v1); h = ah*exp(dh*v1); "
-                   "x1 = (cx - w/2)*W, y1 = (cy - h/2)*H, x2 = (cx + w/2)*W, y2 = (cy + h/2)*H (v0, v1 = variances)",
+                   "x1 = (cx - w/2)*W, y1 = (cy - h/2)*H, x2 = (cx + w/2)*W, y2 = (cy + h/2)*H (v0, v1 = variances; "
+                   "featherface clamps dw*v1 and dh*v1 at ln(1e4) before exp)",
             "landmark": "x_k = (acx + lx_k*v0*aw)*W, y_k = (acy + ly_k*v0*ah)*H",
             "score_threshold": 0.02, "nms_iou": 0.4,
             "nms": "greedy by descending score, IoU with sides x2 - x1 + 1 (upstream py_cpu_nms)",
@@ -229,7 +231,7 @@ def _with_tflite_metadata(flatbuffer: bytes, meta: dict[str, Any]) -> bytes:
         if buf.offset and buf.offset > 1:
             buf.data = np.frombuffer(flatbuffer, dtype=np.uint8, count=int(buf.size), offset=int(buf.offset))
             buf.offset, buf.size = 0, 0
-    for graph in model.subgraphs or []:  # the converter names are whole module paths: a third of the file
+    for graph in model.subgraphs or []:  # the converter names are whole module paths: a sixth of the file
         keep = {int(i) for i in [*list(graph.inputs if graph.inputs is not None else []),
                                  *list(graph.outputs if graph.outputs is not None else [])]}
         for i, tensor in enumerate(graph.tensors or []):
