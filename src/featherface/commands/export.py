@@ -31,7 +31,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=frame_size, default=None, metavar="WxH",
                    help="fixed input size of tflite / coreml, width x height (default 640x480)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="tflite weights: fp32 (default) or fp16 (half the file; coreml is always fp16)")
+                   help="tflite weights: fp32 (default) or fp16 (about half the file; coreml is always fp16)")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (>= 16 for GridSample; default 17)")
     p.add_argument("--with-postprocess", action="store_true",
                    help="onnx / ort: anchors, decoding and NonMaxSuppression in the graph; score/IoU thresholds "
