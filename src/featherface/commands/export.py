@@ -11,6 +11,7 @@ from pathlib import Path
 
 from featherface.cliargs import frame_size, open_unit_interval_excl, percentile, positive_int
 from featherface.errors import FeatherFaceError
+from featherface.export.formats import FORMATS, PRECISIONS
 
 __all__ = ["configure_parser", "run", "configure_quantize_parser", "run_quantize", "configure_prune_parser",
            "run_prune"]
@@ -21,35 +22,41 @@ _DATA = Path("..") / "shared" / "data" / "widerface"  # relative to the working 
 # ----------------------------------------------------------------------------------------------------------- export
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="FeatherFace checkpoint (.pth, ours or upstream V1) or a model name (random weights)")
-    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="file to write: .onnx, .ort, .tflite, or a .mlpackage folder (coreml)")
+    p.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="onnx (default; dynamic sizes), ort (ONNX Runtime mobile format + required_operators.config), "
+                        "tflite (LiteRT, fixed --size, NHWC), coreml (ML Program, fixed --size, fp16); "
+                        "ort/tflite/coreml need pip install 'featherface[mobile]' (see docs/mobile.md)")
+    p.add_argument("--size", type=frame_size, default=None, metavar="WxH",
+                   help="fixed input size of tflite / coreml, width x height (default 640x480)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="tflite weights: fp32 (default) or fp16 (about half the file; coreml is always fp16)")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (>= 16 for GridSample; default 17)")
     p.add_argument("--with-postprocess", action="store_true",
-                   help="anchors, decoding and NonMaxSuppression in the graph; score/IoU thresholds become inputs")
+                   help="onnx / ort: anchors, decoding and NonMaxSuppression in the graph; score/IoU thresholds "
+                        "become inputs")
     p.add_argument("--max-detections", type=positive_int, default=750, help="faces per image kept after NMS (in-graph only)")
     p.add_argument("--example-size", type=frame_size, default=(64, 96), metavar="WxH",
                    help="size of the tracing input, width x height (default 96x64; the axes stay dynamic)")
     p.add_argument("--parity-sizes", type=frame_size, nargs="*", default=[(64, 96), (96, 64)], metavar="WxH",
-                   help="sizes (width x height) at which ONNX Runtime is compared with PyTorch after a raw export "
-                        "(default 96x64 64x96)")
+                   help="sizes (width x height) at which onnx (onnxruntime vs PyTorch) and ort (.ort vs .onnx) are "
+                        "checked after a raw export (default 96x64 64x96); tflite is checked at --size")
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
 
 
 def run(args: argparse.Namespace) -> int:
     from featherface.checkpoint import load_any_model
-    from featherface.export.onnx_export import check_parity, export_onnx
+    from featherface.export.mobile import DEFAULT_MOBILE_SIZE, export_model
 
+    if args.size is not None and args.format in ("onnx", "ort"):
+        raise FeatherFaceError(f"--size applies to tflite and coreml; {args.format} inputs have dynamic sizes")
     model = load_any_model(args.checkpoint)
-    path = export_onnx(model, args.output, opset=args.opset, with_postprocess=args.with_postprocess,
-                       max_detections=args.max_detections, example_size=args.example_size, check=not args.no_check)
-    msg = {"output": str(path), "bytes": path.stat().st_size, "opset": args.opset,
-           "with_postprocess": bool(args.with_postprocess), "model": getattr(model, "model_name", "?")}
-    if not args.no_check and not args.with_postprocess and args.parity_sizes:
-        err = check_parity(model, path, sizes=args.parity_sizes, batch=2)
-        msg["parity_max_abs_diff"] = err
-        msg["parity_sizes"] = [f"{w}x{h}" for h, w in args.parity_sizes]
-        if err >= 1e-4:
-            raise FeatherFaceError(f"parity check failed: max abs difference {err:.3g} >= 1e-4")
-    print(json.dumps(msg))
+    report = export_model(model, args.output, fmt=args.format, size=args.size or DEFAULT_MOBILE_SIZE,
+                          precision=args.precision, opset=args.opset, with_postprocess=args.with_postprocess,
+                          max_detections=args.max_detections, example_size=args.example_size,
+                          parity_sizes=args.parity_sizes or (), check=not args.no_check)
+    print(json.dumps(report))
     return 0
 
 
