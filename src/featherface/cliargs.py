@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import Any
 
 from featherface.devices import check_device
 
@@ -34,53 +36,30 @@ def _float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+def _checked(name: str, parse: Callable[[str], Any], ok: Callable[[Any], bool], need: str) -> Callable[[str], Any]:
+    """An argparse type: ``parse`` the text, then require ``ok(value)`` ("must be ``need``, got '...'")."""
+
+    def check(text: str) -> Any:
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
+        return value
+
+    check.__name__ = check.__qualname__ = name
+    return check
 
 
-def non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (0 = off), got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0 (0 = off), got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    value = _float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
-    return value
-
-
-def open_unit_interval(text: str) -> float:
-    value = _float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
-    return value
-
-
-def port(text: str) -> int:
-    value = _int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number 0..65535 (0: any free port), got {text!r}")
-    return value
+positive_int = _checked("positive_int", _int, lambda v: v >= 1, "an integer >= 1")
+non_negative_int = _checked("non_negative_int", _int, lambda v: v >= 0, "an integer >= 0 (0 = off)")
+positive_float = _checked("positive_float", _float, lambda v: v > 0, "a number > 0")
+non_negative_float = _checked("non_negative_float", _float, lambda v: v >= 0, "a number >= 0 (0 = off)")
+probability = _checked("probability", _float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+open_unit_interval = _checked("open_unit_interval", _float, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+#: A share strictly between 0 and 1.
+open_unit_interval_excl = _checked("open_unit_interval_excl", _float, lambda v: 0.0 < v < 1.0,
+                                   "strictly between 0 and 1")
+percentile = _checked("percentile", _float, lambda v: 0.0 < v <= 100.0, "a percentile in (0, 100]")
+port = _checked("port", _int, lambda v: 0 <= v <= 65535, "a port number 0..65535 (0: any free port)")
 
 
 def device(text: str) -> str:
@@ -88,21 +67,6 @@ def device(text: str) -> str:
     if reason:
         raise argparse.ArgumentTypeError(reason)
     return str(text).strip()
-
-
-def open_unit_interval_excl(text: str) -> float:
-    """A share strictly between 0 and 1."""
-    value = _float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text!r}")
-    return value
-
-
-def percentile(text: str) -> float:
-    value = _float(text)
-    if not 0.0 < value <= 100.0:
-        raise argparse.ArgumentTypeError(f"must be a percentile in (0, 100], got {text!r}")
-    return value
 
 
 def frame_size(text: str) -> tuple[int, int]:
