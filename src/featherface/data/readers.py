@@ -149,12 +149,16 @@ def detect_format(path: str | Path) -> str:
     return "retinaface"
 
 
-def parse_retinaface_labels(path: str | Path, images_root: str | Path | None = None) -> ParseResult:
-    """Parse a RetinaFace ``label.txt``. Never raises for bad content: see ``ParseResult.problems``."""
+def _open_label_file(path: str | Path, images_root: str | Path | None) -> tuple[Path, Path, str, list[str]]:
+    """``(path, images root, path as text for messages, lines)`` of a label file, as both parsers start."""
     path = Path(path)
     root = Path(images_root) if images_root is not None else default_images_root(path)
-    fname = str(path)
-    lines = _read_lines(path)
+    return path, root, str(path), _read_lines(path)
+
+
+def parse_retinaface_labels(path: str | Path, images_root: str | Path | None = None) -> ParseResult:
+    """Parse a RetinaFace ``label.txt``. Never raises for bad content: see ``ParseResult.problems``."""
+    path, root, fname, lines = _open_label_file(path, images_root)
     anns: list[Annotation] = []
     problems: list[Problem] = []
     n_face_lines = 0
@@ -241,10 +245,7 @@ def parse_retinaface_labels(path: str | Path, images_root: str | Path | None = N
 
 def parse_bbx_gt(path: str | Path, images_root: str | Path | None = None) -> ParseResult:
     """Parse an official ``wider_face_*_bbx_gt.txt`` (boxes only; ``invalid`` flag kept in ``Annotation.invalid``)."""
-    path = Path(path)
-    root = Path(images_root) if images_root is not None else default_images_root(path)
-    fname = str(path)
-    lines = _read_lines(path)
+    path, root, fname, lines = _open_label_file(path, images_root)
     anns: list[Annotation] = []
     problems: list[Problem] = []
     n_face_lines = 0
