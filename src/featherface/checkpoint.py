@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from featherface.errors import CheckpointError, FeatherFaceError
-from featherface.fsutil import atomic_write
+from featherface.fsutil import atomic_write, plain
 from featherface.models.registry import build_model, config_from_dict
 from featherface.preprocessing import DEFAULT_PREPROCESSING, Preprocessing
 from featherface.resolve import ModelSource, resolve_model_source
@@ -63,14 +63,6 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
 def model_to_checkpoint(model: nn.Module, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint dict of a registry-built model (``model.model_name`` / ``model.config`` set by build_model)."""
     name = getattr(model, "model_name", None)
@@ -82,7 +74,7 @@ def model_to_checkpoint(model: nn.Module, extra: Mapping[str, Any] | None = None
         "format_version": FORMAT_VERSION,
         "featherface_version": __version__,
         "model_name": name,
-        "model_config": _jsonable(dataclasses.asdict(config)),
+        "model_config": plain(dataclasses.asdict(config)),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "preprocessing": getattr(model, "preprocessing", DEFAULT_PREPROCESSING).to_dict(),
         "extra": dict(extra or {}),

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["AtomicFile", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_path",
+__all__ = ["plain", "AtomicFile", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_path",
            "remove_stale_temps", "reserve_temp", "commit_temp", "discard_temp", "pid_alive"]
 
 _OURS = re.compile(r"ff(?P<pid>\d+)-[0-9a-f]+\.tmp(?:\.[A-Za-z0-9]+)?")
@@ -207,3 +207,16 @@ def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = True) -> Iterato
         discard_temp(tmp)
         raise
     commit_temp(tmp, path)
+
+
+def plain(value: Any, *, finite: bool = False) -> Any:
+    """``value`` as plain JSON-ready data: tuples and lists become lists and dicts are copied, recursively; with
+    ``finite`` a NaN or infinite float becomes ``None`` (strict JSON). The one converter of configs, checkpoints,
+    training state and reports."""
+    if isinstance(value, (tuple, list)):
+        return [plain(v, finite=finite) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v, finite=finite) for k, v in value.items()}
+    if finite and isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value

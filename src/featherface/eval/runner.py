@@ -36,6 +36,7 @@ from featherface.eval.widerface import (
     read_predictions,
     write_prediction_file,
 )
+from featherface.fsutil import plain
 from featherface.imageio import IMAGE_SUFFIXES
 
 __all__ = [
@@ -225,20 +226,10 @@ def write_report(
             report["size_recall_plot"] = str(save_size_recall_plot(result.size_recall, out / "size_recall.png"))
     curves = {k: {"recall": v.recall.tolist(), "precision": v.precision.tolist()} for k, v in result.settings.items()}
     report["curves"] = curves
-    text = json.dumps(_finite(report), indent=1, default=_json_default, allow_nan=False)
+    text = json.dumps(plain(report, finite=True), indent=1,  # NaN AP (no easy faces) -> null
+                       default=_json_default, allow_nan=False)
     (out / "results.json").write_text(text + "\n", encoding="utf-8")
     return report
-
-
-def _finite(o: Any) -> Any:
-    """NaN / inf -> None (an undefined AP, e.g. a subset without easy faces), so the file is strict JSON."""
-    if isinstance(o, float):
-        return o if np.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
 
 
 def _json_default(o: Any) -> Any:

@@ -267,13 +267,7 @@ def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     """Plain nested dict (lists, no tuples) suitable for JSON, TOML-like logging and checkpoints."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
+    from featherface.fsutil import plain
 
     return plain(dataclasses.asdict(cfg))
 

@@ -46,6 +46,7 @@ from featherface.checkpoint import (
 )
 from featherface.devices import torch_threads
 from featherface.errors import FeatherFaceError
+from featherface.fsutil import plain
 from featherface.models.fused_norm import fuse_batchnorm_activation
 from featherface.models.registry import build_model
 from featherface.train.config import TrainConfig, config_from_dict, config_to_dict
@@ -70,15 +71,11 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": _to_lists(random.getstate()),
+        "python": plain(random.getstate()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
-
-
-def _to_lists(x: Any) -> Any:
-    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
 
 
 def _to_tuples(x: Any) -> Any:
