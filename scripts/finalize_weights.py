@@ -19,8 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from featherface.checkpoint import load_model, read_checkpoint, save_checkpoint
 from featherface.fsutil import atomic_write_text
 from featherface.models.stats import count_parameters
@@ -28,23 +26,6 @@ from featherface.pretrained import MANIFEST, sha256_of
 
 FILE_NAME = "featherface_v2_default.pth"
 WEIGHTS = Path("src/featherface/weights")
-
-
-def _bn_batches(config: dict, n: int, batch_size: int, seed: int):
-    from featherface.data.dataset import WiderFaceDataset, detection_collate
-    from featherface.data.transforms import TrainTransform
-
-    data = config["data"]
-    ds = WiderFaceDataset(data["train_labels"], data.get("train_images"),
-                          transform=TrainTransform(image_size=int(data["image_size"])), seed=seed, verbose=False)
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(ds), generator=g).tolist()
-    for b in range(n):
-        idx = order[b * batch_size:(b + 1) * batch_size]
-        if not idx:
-            return
-        images, _ = detection_collate([ds[i] for i in idx])
-        yield images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,12 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.checkpoint)
     if args.bn_batches:
         from featherface.train.freeze import freeze_module, unfreeze_module
-        from featherface.train.precise_bn import recompute_bn_stats
+        from featherface.train.precise_bn import recompute_bn_stats, training_batches
 
         if config.get("freeze_backbone"):  # trained on the teacher's frozen backbone: its BNs stay as they are
             freeze_module(model.body)
 
-        used = recompute_bn_stats(model, _bn_batches(config, args.bn_batches, args.bn_batch_size, seed=0))
+        data = config["data"]
+        batches = training_batches(data["train_labels"], data.get("train_images"), image_size=int(data["image_size"]),
+                                   crop_scales=data.get("crop_scales"), n=args.bn_batches,
+                                   batch_size=args.bn_batch_size, seed=0)
+        used = recompute_bn_stats(model, batches)
         if config.get("freeze_backbone"):
             unfreeze_module(model.body)
         print(f"BatchNorm statistics re-estimated over {used} training batches of {args.bn_batch_size}"

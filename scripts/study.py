@@ -338,25 +338,6 @@ def _sha_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def _bn_batches(train_labels: str, images_root: str | None, image_size: int, crop_scales, n: int, batch_size: int,
-                seed: int = 0):
-    """``n`` training batches in a fixed random order (seed 0: the same batches for every arm)."""
-    import torch
-
-    from featherface.data.dataset import WiderFaceDataset, detection_collate
-    from featherface.data.transforms import TrainTransform
-
-    ds = WiderFaceDataset(train_labels, images_root, transform=TrainTransform(
-        image_size=image_size, crop_scales=tuple(float(c) for c in crop_scales)), seed=seed, verbose=False)
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
-    for b in range(n):
-        idx = order[b * batch_size:(b + 1) * batch_size]
-        if not idx:
-            return
-        images, _ = detection_collate([ds[i] for i in idx])
-        yield images
-
-
 def _training_done(last: Path, epochs: int) -> bool:
     from featherface.train.trainer import read_training_state
 
@@ -418,7 +399,7 @@ def evaluate_arm(ctx: StudyContext, arm: Arm, cfg, last: Path) -> dict[str, Any]
     from featherface.eval.runner import evaluate_detector
     from featherface.models.stats import count_parameters
     from featherface.train.freeze import freeze_module, unfreeze_module
-    from featherface.train.precise_bn import recompute_bn_stats
+    from featherface.train.precise_bn import recompute_bn_stats, training_batches
     from featherface.train.trainer import read_training_state
 
     run_dir = ctx.study_dir / arm.name
@@ -432,9 +413,9 @@ def evaluate_arm(ctx: StudyContext, arm: Arm, cfg, last: Path) -> dict[str, Any]
         t0 = time.perf_counter()
         if cfg.freeze_backbone:
             freeze_module(model.body)
-        used = recompute_bn_stats(model, _bn_batches(cfg.data.train_labels, cfg.data.train_images,
-                                                     cfg.data.image_size, cfg.data.crop_scales, p["bn_batches"],
-                                                     p["bn_batch_size"]))
+        used = recompute_bn_stats(model, training_batches(
+            cfg.data.train_labels, cfg.data.train_images, image_size=cfg.data.image_size,
+            crop_scales=cfg.data.crop_scales, n=p["bn_batches"], batch_size=p["bn_batch_size"]))
         if cfg.freeze_backbone:
             unfreeze_module(model.body)
         model.eval()

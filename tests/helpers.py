@@ -29,3 +29,16 @@ def assert_same_detections_as_sets(a, b, atol: float = 1e-3) -> None:
     rows_b = np.concatenate([b.boxes, b.landmarks, b.scores[:, None]], 1)
     key_a, key_b = np.lexsort(np.round(rows_a, 2).T), np.lexsort(np.round(rows_b, 2).T)
     np.testing.assert_allclose(rows_a[key_a], rows_b[key_b], atol=atol)
+
+
+def save_random_upstream_teacher(folder: Path, seed: int) -> Path:
+    """A random FeatherFace V1 saved in the upstream layout (plain state dict) in ``folder``: loaded through the
+    converter like the real teacher, for tests that need one without ``../shared``."""
+    import torch
+
+    from featherface.models import build_model
+
+    torch.manual_seed(seed)
+    path = Path(folder) / "teacher_upstream.pth"
+    torch.save(build_model("featherface_v1").state_dict(), path)
+    return path

@@ -15,7 +15,7 @@ from featherface.train.config import apply_overrides
 from featherface.train.distill import DistillationLoss, combine, informative_anchors, prepare_teacher
 from featherface.train.trainer import Trainer, train
 
-from helpers import TEACHER, needs_teacher
+from helpers import TEACHER, needs_teacher, save_random_upstream_teacher
 from test_trainer import make_tiny_dataset, tiny_config
 
 
@@ -26,11 +26,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def random_teacher(tmp_path_factory):
-    """A random V1 saved in the upstream layout (plain state dict), loaded through the converter like the real one."""
-    torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("teacher") / "teacher_upstream.pth"
-    torch.save(build_model("featherface_v1").state_dict(), path)
-    return path
+    return save_random_upstream_teacher(tmp_path_factory.mktemp("teacher"), seed=3)
 
 
 def _outputs(b: int, a: int, seed: int) -> DetectionOutput:

@@ -20,6 +20,7 @@ from featherface.train.matching import match_anchors
 from featherface.train.precise_bn import recompute_bn_stats
 from featherface.train.trainer import Trainer, train
 
+from helpers import save_random_upstream_teacher
 from test_trainer import make_tiny_dataset, tiny_config
 
 
@@ -30,10 +31,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def random_teacher(tmp_path_factory):
-    torch.manual_seed(5)
-    path = tmp_path_factory.mktemp("teacher_ship") / "teacher_upstream.pth"
-    torch.save(build_model("featherface_v1").state_dict(), path)
-    return path
+    return save_random_upstream_teacher(tmp_path_factory.mktemp("teacher_ship"), seed=5)
 
 
 def _frozen_config(tmp, tiny, teacher, name, **over):

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["recompute_bn_stats"]
+__all__ = ["recompute_bn_stats", "training_batches"]
 
 
 @torch.no_grad()
@@ -47,3 +47,23 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], max_ba
             bn.momentum = momentum
         model.eval()
     return used
+
+
+def training_batches(train_labels: str, images_root: str | None, *, image_size: int, crop_scales=None, n: int,
+                     batch_size: int, seed: int = 0):
+    """``n`` augmented training batches ``Tensor[B, 3, image_size, image_size]`` in a fixed random order (``seed``:
+    the same batches on every call), for :func:`recompute_bn_stats` after training. ``crop_scales``: the recipe's
+    (``None``: the transform's default)."""
+    from featherface.data.dataset import WiderFaceDataset, detection_collate
+    from featherface.data.transforms import TrainTransform
+
+    scales = {} if crop_scales is None else {"crop_scales": tuple(float(c) for c in crop_scales)}
+    transform = TrainTransform(image_size=image_size, **scales)
+    ds = WiderFaceDataset(train_labels, images_root, transform=transform, seed=seed, verbose=False)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+    for b in range(n):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        if not idx:
+            return
+        images, _ = detection_collate([ds[i] for i in idx])
+        yield images
