@@ -25,6 +25,7 @@ Variants of the V2 session (``--variants``):
 * ``slim``: the same file after :func:`featherface.export.onnx_export.simplify_onnx` (onnxslim);
 * ``ext``: shipped file, ``ORT_ENABLE_EXTENDED`` instead of ``ORT_ENABLE_ALL`` (no NCHWc layout transformer);
 * ``nospin``: shipped file, ``session.intra_op.allow_spinning = 0``;
+* ``daz``: shipped file, ``session.set_denormal_as_zero = 1``;
 * ``file:PATH``: any other raw V2 export, default session options.
 """
 
@@ -62,7 +63,8 @@ def _frame(path: str | None) -> tuple[np.ndarray, str]:
     return img, path
 
 
-def _session(path: Path, threads: int, *, level: str = "all", spin: bool | None = None, profile: str | None = None):
+def _session(path: Path, threads: int, *, level: str = "all", spin: bool | None = None, daz: bool = False,
+             profile: str | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -75,6 +77,8 @@ def _session(path: Path, threads: int, *, level: str = "all", spin: bool | None 
     so.log_severity_level = 3
     if spin is not None:
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if daz:
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = profile
@@ -146,6 +150,8 @@ def _variant_path(v: str, workdir: Path) -> tuple[Path, dict]:
         return shipped, {"level": "ext"}
     if v == "nospin":
         return shipped, {"spin": False}
+    if v == "daz":
+        return shipped, {"daz": True}
     if v == "slim":
         import shutil
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numbers
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from featherface.geometry.anchors import AnchorSpec, anchor_spec_of
 from featherface.geometry.landmarks import LANDMARK_NAMES
 from featherface.geometry.postprocess import Detections, decode_detections, select_detections
 from featherface.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
-from featherface.preprocessing import DEFAULT_PREPROCESSING, MEAN_BGR, Preprocessing, preprocess
+from featherface.preprocessing import DEFAULT_PREPROCESSING, MEAN_BGR, Preprocessing, preprocess, resized_size
 from featherface.resolve import ModelSource, resolve_model_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -165,7 +166,9 @@ class FaceDetector:
             process; ``None`` leaves torch's setting).
         backend: ``None`` picks ONNX Runtime for the shipped models (their ``.onnx`` files) and for ``.onnx`` paths,
             PyTorch for ``.pth`` checkpoints, modules, untrained networks and devices other than the CPU;
-            ``"onnxruntime"`` or ``"torch"`` force one. Pre-processing, decoding and NMS are the same NumPy code
+            ``"onnxruntime"`` or ``"torch"`` force one. ``"openvino"`` (optional, ``pip install openvino``) runs the
+            same ``.onnx`` file with OpenVINO, compiled once per input size: faster per frame on a fixed-size stream
+            (docs/deployment.md, "Latency work"), slow to start on each new size. Pre-processing, decoding and NMS are the same NumPy code
             for both, so both give the same faces (to float rounding).
         max_pixels: image files (and PIL images) whose decode would exceed this many pixels are refused with an
             :class:`~featherface.errors.InputError` before decoding (default 100 MP; ``None``: no limit). Large
@@ -188,17 +191,17 @@ class FaceDetector:
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral)
                                         or num_threads < 1):
             raise FeatherFaceError(f"num_threads must be an integer >= 1, got {num_threads!r}")
-        if backend not in (None, "torch", "onnxruntime"):
-            raise FeatherFaceError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        if backend not in (None, "torch", "onnxruntime", "openvino"):
+            raise FeatherFaceError(f"backend must be 'torch', 'onnxruntime' or 'openvino', got {backend!r}")
         on_cpu = str(device).strip().lower() == "cpu"
         source = None if _is_torch_module(model) else resolve_model_source(model, pretrained=pretrained)  # type: ignore[arg-type]
         if backend is None:
             backend = self._default_backend(source, on_cpu)
         self.backend = backend
         self.num_threads = None if num_threads is None else int(num_threads)
-        if backend == "onnxruntime":
+        if backend in ("onnxruntime", "openvino"):
             self.device: Any = "cpu"
-            self.model: Any = self._ort_model(model, source, on_cpu)
+            self.model: Any = self._ort_model(model, source, on_cpu, runtime=backend)
             self._run = _ort_runner(self.model)
         else:
             self.device = self._torch_device(device)
@@ -223,16 +226,20 @@ class FaceDetector:
             return "onnxruntime"
         return "torch"
 
-    def _ort_model(self, model: Any, source: ModelSource | None, on_cpu: bool) -> OrtModel:
+    def _ort_model(self, model: Any, source: ModelSource | None, on_cpu: bool, runtime: str = "onnxruntime") -> Any:
         if not on_cpu:
-            raise FeatherFaceError("backend='onnxruntime' runs on the CPU; use backend='torch' for other devices")
+            raise FeatherFaceError(f"backend={runtime!r} runs on the CPU; use backend='torch' for other devices")
         if source is not None and source.kind == "pretrained" and source.onnx_path is not None:
             path = source.onnx_path
         elif source is not None and source.kind == "onnx" and source.path is not None:
             path = source.path
         else:
-            raise FeatherFaceError(f"backend='onnxruntime' needs a shipped model or a path to an .onnx file, "
+            raise FeatherFaceError(f"backend={runtime!r} needs a shipped model or a path to an .onnx file, "
                                    f"got {model!r}")
+        if runtime == "openvino":
+            from featherface.export.openvino_backend import OvModel
+
+            return OvModel(path, num_threads=self.num_threads)
         from featherface.export.ort_backend import OrtModel
 
         return OrtModel(path, num_threads=self.num_threads)
@@ -280,6 +287,19 @@ class FaceDetector:
         return self.anchor_spec.variances
 
     # ----------------------------------------------------------------------------------------------- low level
+    def _input_buffer(self, height: int, width: int) -> np.ndarray:
+        """The network input ``float32 [1, 3, height, width]``, reused from call to call while the size stays the same
+        (one per thread, so concurrent calls never share it): a video stream skips a 3.7 MB allocation per frame at
+        640×480 (issue 18, benchmarks/bench_stages.py)."""
+        local = self.__dict__.get("_buffers")
+        if local is None:
+            local = self.__dict__.setdefault("_buffers", threading.local())
+        buf = getattr(local, "array", None)
+        if buf is None or buf.shape != (1, 3, height, width):
+            buf = np.empty((1, 3, height, width), np.float32)
+            local.array = buf
+        return buf
+
     def predict_raw(self, image_bgr: np.ndarray, *, scale: float = 1.0, flip: bool = False,
                     score_threshold: float = 0.02) -> Detections:
         """Decoded candidates before NMS for one uint8 BGR image resized by ``scale`` (mirrored when ``flip``).
@@ -287,7 +307,8 @@ class FaceDetector:
         Returns ``boxes [N, 4]`` (x1, y1, x2, y2), ``scores [N]``, ``landmarks [N, 10]`` in pixels of the ORIGINAL
         (un-scaled, un-mirrored) image, for scores ``> score_threshold``, sorted by descending score.
         """
-        x = preprocess(image_bgr, scale, flip=flip, preprocessing=self.preprocessing)[None]
+        h, w = resized_size(image_bgr.shape[0], image_bgr.shape[1], scale)
+        x = preprocess(image_bgr, scale, flip=flip, preprocessing=self.preprocessing, out=self._input_buffer(h, w))
         h, w = x.shape[-2:]
         boxes, logits, landmarks = self._run(x)
         return decode_detections(boxes, logits, landmarks, _anchors(h, w, self.anchor_spec), (h, w),
