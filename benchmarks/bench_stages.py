@@ -26,7 +26,14 @@ Variants of the V2 session (``--variants``):
 * ``ext``: shipped file, ``ORT_ENABLE_EXTENDED`` instead of ``ORT_ENABLE_ALL`` (no NCHWc layout transformer);
 * ``nospin``: shipped file, ``session.intra_op.allow_spinning = 0``;
 * ``daz``: shipped file, ``session.set_denormal_as_zero = 1``;
-* ``file:PATH``: any other raw V2 export, default session options.
+* ``base``: shipped file and session, but the candidate selection as before issue 18 (softmax over every anchor,
+  then the score cut): what ``dec`` and ``e2e`` gained from the logit pre-selection;
+* ``openvino``: ``FaceDetector(backend="openvino")`` (the shipped file, compiled for the frame size by OpenVINO);
+* ``file:PATH``: any other raw V2 export (an INT8 file of :func:`featherface.export.quantize.quantize_int8`, ...),
+  ONNX Runtime with the library's session options; ``ov:PATH``: the same file with the OpenVINO backend.
+
+``--gap-ms`` sleeps (untimed) before every timed call, so worker threads of the previous cell's runtime, still
+spinning for work, do not steal the core from the next cell (with 2 threads on 2 cores they otherwise do).
 """
 
 from __future__ import annotations
@@ -85,19 +92,42 @@ def _session(path: Path, threads: int, *, level: str = "all", spin: bool | None 
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-class _V2Cell:
-    """One FeatherFace configuration: a FaceDetector whose ONNX Runtime session is the variant's."""
+def _old_keep(logits: np.ndarray, score_threshold: float):
+    """The candidate selection before issue 18: softmax over every anchor, then the cut."""
+    from featherface.geometry.postprocess import face_scores
 
-    def __init__(self, name: str, path: Path, threads: int, **session_kw) -> None:
+    scores = face_scores(logits)
+    rows = np.flatnonzero(scores > score_threshold)
+    return rows, scores[rows]
+
+
+class _V2Cell:
+    """One FeatherFace configuration: a FaceDetector whose session is the variant's. ``base``: the candidate
+    selection as it was before issue 18 (softmax over every anchor), same session."""
+
+    def __init__(self, name: str, path: Path, threads: int, backend: str = "onnxruntime", base: bool = False,
+                 **session_kw) -> None:
         from featherface.api import FaceDetector
 
-        self.name, self.path = name, path
-        self.det = FaceDetector(path, backend="onnxruntime", num_threads=threads, score_threshold=0.5,
-                                nms_threshold=0.4)
+        self.name, self.path, self.base = name, path, base
+        self.det = FaceDetector(path, backend=backend, num_threads=threads, score_threshold=0.5, nms_threshold=0.4)
         if session_kw:
             self.det.model.session = _session(path, threads, **session_kw)
 
     def stages(self, img: np.ndarray) -> dict[str, float]:
+        import featherface.geometry.postprocess  # noqa: F401  (the package re-exports a function of that name)
+
+        postprocess = sys.modules["featherface.geometry.postprocess"]
+        if not self.base:
+            return self._stages(img)
+        new_keep = postprocess._numpy_keep
+        postprocess._numpy_keep = _old_keep
+        try:
+            return self._stages(img)
+        finally:
+            postprocess._numpy_keep = new_keep
+
+    def _stages(self, img: np.ndarray) -> dict[str, float]:
         from featherface.api import _anchors
         from featherface.geometry.postprocess import decode_detections, select_detections
         from featherface.preprocessing import preprocess
@@ -152,6 +182,10 @@ def _variant_path(v: str, workdir: Path) -> tuple[Path, dict]:
         return shipped, {"spin": False}
     if v == "daz":
         return shipped, {"daz": True}
+    if v == "base":
+        return shipped, {"base": True}
+    if v == "openvino":
+        return shipped, {"backend": "openvino"}
     if v == "slim":
         import shutil
 
@@ -163,6 +197,8 @@ def _variant_path(v: str, workdir: Path) -> tuple[Path, dict]:
         return out, {}
     if v.startswith("file:"):
         return Path(v[5:]), {}
+    if v.startswith("ov:"):
+        return Path(v[3:]), {"backend": "openvino"}
     raise SystemExit(f"unknown variant {v!r}")
 
 
@@ -180,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=["shipped"])
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--gap-ms", type=float, default=10.0, help="untimed sleep before each cell's call")
     ap.add_argument("--image", default=None)
     ap.add_argument("-o", "--output", default=str(_HERE / "results" / "stages.md"))
     ap.add_argument("--json", default=None)
@@ -206,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         for v, s, n, c in cells:
             c.stages(frames[s])
     t_start = time.time()
+    gap = args.gap_ms / 1e3
     for _ in range(args.runs):
         for v, s, n, c in cells:
+            if gap:
+                time.sleep(gap)
             for k, t in c.stages(frames[s]).items():
                 times.setdefault((v, s, n), {}).setdefault(k, []).append(t * 1e3)
     wall = time.time() - t_start
@@ -220,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; Python "
         f"{platform.python_version()}, onnxruntime {ort.__version__}, OpenCV {cv2.__version__}. "
         f"Load average at start {tuple(round(x, 2) for x in load0)}, at end {tuple(round(x, 2) for x in load1)}; "
-        f"{args.runs} round-robin repetitions after {args.warmup} warm-up, {wall:.0f} s.",
+        f"{args.runs} round-robin repetitions after {args.warmup} warm-up, {args.gap_ms:g} ms gap before each call, "
+        f"{wall:.0f} s. Command: `python benchmarks/bench_stages.py {' '.join(argv if argv is not None else sys.argv[1:])}`.",
         "",
         f"Frame: `{img_path}` resized to each W×H. Median ms per stage; `e2e` is a separate whole "
         "`detect_arrays` (YuNet: adapter `detect`) call. Ratio = V2 e2e / YuNet e2e (same size, threads, run).",

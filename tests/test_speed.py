@@ -2,15 +2,15 @@
 
 * the pre-selection of candidates by logit difference (:func:`featherface.geometry.postprocess._numpy_keep`) gives
   the same anchors and bit-identical scores as a softmax over every anchor;
-* pre-processing into a reused buffer gives the same input as a fresh array;
-* the shipped ONNX file, run by ``FaceDetector()`` (ONNX Runtime, reused input buffer, pre-selection), matches the
-  PyTorch checkpoint on raw outputs (<= 1e-4) and finds the same faces;
+* the export with grouped convolutions made dense (:func:`featherface.export.onnx_export.densify_grouped_convs`,
+  the default of raw exports) matches PyTorch on raw outputs (<= 1e-4) and finds the same faces;
+* the shipped ONNX file, run by ``FaceDetector()`` (ONNX Runtime, pre-selection), matches the PyTorch checkpoint on
+  raw outputs (<= 1e-4) and finds the same faces;
 * the optional OpenVINO backend (skipped without ``openvino``) matches PyTorch the same way.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -59,41 +59,66 @@ def test_decode_detections_unchanged_by_preselection():
     np.testing.assert_array_equal(got.boxes, want_boxes[order].astype(np.float32))
 
 
-def test_preprocess_into_buffer_is_identical():
-    img = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    fresh = preprocess(img)
-    buf = np.full((1, 3, 37, 53), np.nan, np.float32)
-    out = preprocess(img, out=buf)
-    assert out is buf
-    np.testing.assert_array_equal(out[0], fresh)
-    with pytest.raises(ValueError):
-        preprocess(img, out=np.empty((3, 37, 54), np.float32))
+def test_densify_grouped_convs_same_function():
+    torch = pytest.importorskip("torch")
+    from featherface.export.onnx_export import densify_grouped_convs
+    from featherface.models import build_model
+    from featherface.models.blocks import ChannelShuffleLight
+
+    torch.manual_seed(0)
+    model = build_model("featherface_v2").eval()
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    dense = densify_grouped_convs(model).eval()
+    assert not any(isinstance(m, ChannelShuffleLight) for m in dense.modules())
+    assert any(isinstance(m, ChannelShuffleLight) for m in model.modules())  # the original is untouched
+    for m in dense.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.groups > 1:
+            assert m.groups == m.in_channels == m.out_channels  # only depthwise convs stay grouped
+    x = torch.randn(2, 3, 77, 131) * 50
+    with torch.no_grad():
+        ref, got = model(x), dense(x)
+    for a, b in zip(ref, got):
+        assert float((a - b).abs().max()) <= 1e-4
 
 
-def test_detector_input_buffer_reuse_and_threads():
+@pytest.fixture(scope="module")
+def dense_export(tmp_path_factory):
+    """The shipped V2 checkpoint exported as ``build_model_zoo.py`` does now (dense grouped convs, the default)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("torch")
+    import onnx
+
+    from featherface.checkpoint import load_model
+    from featherface.export.onnx_export import check_parity, export_onnx
+    from featherface.pretrained import default_weights_path
+
+    model = load_model(default_weights_path())
+    path = export_onnx(model, tmp_path_factory.mktemp("dense") / "v2.onnx")
+    graph = onnx.load(str(path)).graph
+    grouped = [n for n in graph.node if n.op_type == "Conv"
+               and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    inits = {i.name: list(i.dims) for i in graph.initializer}
+    for n in grouped:  # depthwise only: weight [C, 1, k, k] with group == C
+        dims = inits.get(n.input[1])
+        assert dims is None or dims[1] == 1
+    assert check_parity(model, path, sizes=[(120, 160), (97, 131)]) <= 1e-4
+    return path
+
+
+def test_dense_export_same_faces_as_pytorch(dense_export):
     from featherface.api import FaceDetector
 
-    det = FaceDetector(num_threads=1, score_threshold=0.3)
     img = _photo4()
-    first = det.detect_arrays(img)
-    small = det.detect_arrays(img[:200, :300].copy())  # another size: a new buffer
-    again = det.detect_arrays(img)
-    for a, b in zip(first, again):
-        np.testing.assert_array_equal(a, b)
-    assert len(first.scores) >= 4 and len(small.scores) >= 1
-    results = {}
-
-    def work(i):
-        results[i] = det.detect_arrays(img if i % 2 else img[:200, :300].copy())
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i, r in results.items():
-        ref = first if i % 2 else small
-        np.testing.assert_array_equal(r.boxes, ref.boxes)
+    ref, raw_ref, x = _torch_reference(img)
+    det = FaceDetector(dense_export, num_threads=1, score_threshold=0.3)
+    raw = det.model.run_numpy(x)
+    for a, b in zip(raw, raw_ref):
+        assert float(np.abs(a - b).max()) <= 1e-4
+    _assert_same_faces(ref, det.detect_arrays(img))
 
 
 def _torch_reference(img):

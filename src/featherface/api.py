@@ -19,7 +19,6 @@ from __future__ import annotations
 import numbers
 import os
 import sys
-import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,7 @@ from featherface.geometry.anchors import AnchorSpec, anchor_spec_of
 from featherface.geometry.landmarks import LANDMARK_NAMES
 from featherface.geometry.postprocess import Detections, decode_detections, select_detections
 from featherface.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
-from featherface.preprocessing import DEFAULT_PREPROCESSING, MEAN_BGR, Preprocessing, preprocess, resized_size
+from featherface.preprocessing import DEFAULT_PREPROCESSING, MEAN_BGR, Preprocessing, preprocess
 from featherface.resolve import ModelSource, resolve_model_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -168,8 +167,8 @@ class FaceDetector:
             PyTorch for ``.pth`` checkpoints, modules, untrained networks and devices other than the CPU;
             ``"onnxruntime"`` or ``"torch"`` force one. ``"openvino"`` (optional, ``pip install openvino``) runs the
             same ``.onnx`` file with OpenVINO, compiled once per input size: faster per frame on a fixed-size stream
-            (docs/deployment.md, "Latency work"), slow to start on each new size. Pre-processing, decoding and NMS are the same NumPy code
-            for both, so both give the same faces (to float rounding).
+            (docs/deployment.md, "Latency work"), about 0.3 s to start on each new size. Pre-processing, decoding
+            and NMS are the same NumPy code for every backend, so all give the same faces (to float rounding).
         max_pixels: image files (and PIL images) whose decode would exceed this many pixels are refused with an
             :class:`~featherface.errors.InputError` before decoding (default 100 MP; ``None``: no limit). Large
             JPEGs that the resize policy shrinks anyway are decoded at 1/2, 1/4 or 1/8 (results stay in original
@@ -287,19 +286,6 @@ class FaceDetector:
         return self.anchor_spec.variances
 
     # ----------------------------------------------------------------------------------------------- low level
-    def _input_buffer(self, height: int, width: int) -> np.ndarray:
-        """The network input ``float32 [1, 3, height, width]``, reused from call to call while the size stays the same
-        (one per thread, so concurrent calls never share it): a video stream skips a 3.7 MB allocation per frame at
-        640×480 (issue 18, benchmarks/bench_stages.py)."""
-        local = self.__dict__.get("_buffers")
-        if local is None:
-            local = self.__dict__.setdefault("_buffers", threading.local())
-        buf = getattr(local, "array", None)
-        if buf is None or buf.shape != (1, 3, height, width):
-            buf = np.empty((1, 3, height, width), np.float32)
-            local.array = buf
-        return buf
-
     def predict_raw(self, image_bgr: np.ndarray, *, scale: float = 1.0, flip: bool = False,
                     score_threshold: float = 0.02) -> Detections:
         """Decoded candidates before NMS for one uint8 BGR image resized by ``scale`` (mirrored when ``flip``).
@@ -307,8 +293,7 @@ class FaceDetector:
         Returns ``boxes [N, 4]`` (x1, y1, x2, y2), ``scores [N]``, ``landmarks [N, 10]`` in pixels of the ORIGINAL
         (un-scaled, un-mirrored) image, for scores ``> score_threshold``, sorted by descending score.
         """
-        h, w = resized_size(image_bgr.shape[0], image_bgr.shape[1], scale)
-        x = preprocess(image_bgr, scale, flip=flip, preprocessing=self.preprocessing, out=self._input_buffer(h, w))
+        x = preprocess(image_bgr, scale, flip=flip, preprocessing=self.preprocessing)[None]
         h, w = x.shape[-2:]
         boxes, logits, landmarks = self._run(x)
         return decode_detections(boxes, logits, landmarks, _anchors(h, w, self.anchor_spec), (h, w),
