@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(("YuNet", s, n, yn))
     times: dict[tuple[str, str, int], dict[str, list[float]]] = {}
     for _ in range(args.warmup):
-        for v, s, n, c in cells:
+        for _v, s, _n, c in cells:
             c.stages(frames[s])
     t_start = time.time()
     gap = args.gap_ms / 1e3
@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
             for v in [*args.variants, "YuNet"]:
                 m = med[(v, s, n)]
                 p90 = float(np.percentile(times[(v, s, n)]["e2e"], 90))
-                cell = lambda k: f"{m[k]:.2f}" if k in m else "—"  # noqa: E731
+                def cell(k: str, m: dict = m) -> str:
+                    return f"{m[k]:.2f}" if k in m else "—"
+
                 lines.append(f"| {v} | {s} | {n} | {cell('pre')} | {cell('fwd')} | {cell('dec')} | {cell('nms')} | "
                              f"{m['e2e']:.2f} | {p90:.2f} | {m['fwd'] / y['fwd']:.2f} | {m['e2e'] / y['e2e']:.2f} |")
     text = "\n".join(lines) + "\n"
