@@ -30,7 +30,8 @@ Variants of the V2 session (``--variants``):
 * ``daz``: shipped file, ``session.set_denormal_as_zero = 1``;
 * ``base``: shipped file and session, but the candidate selection as before issue 18 (softmax over every anchor,
   then the score cut): what ``dec`` and ``e2e`` gained from the logit pre-selection;
-* ``openvino``: ``FaceDetector(backend="openvino")`` (the shipped file, compiled for the frame size by OpenVINO);
+* ``openvino``: ``FaceDetector(backend="openvino")`` (the shipped file, compiled for the frame size by OpenVINO, with
+  the pre-processing compiled in: its ``pre`` is ~0 and ``fwd`` includes it);
 * ``file:PATH``: any other raw V2 export (an INT8 file of :func:`featherface.export.quantize.quantize_int8`, ...),
   ONNX Runtime with the library's session options; ``ov:PATH``: the same file with the OpenVINO backend.
 
@@ -135,12 +136,16 @@ class _V2Cell:
         from featherface.preprocessing import preprocess
 
         det, pc = self.det, time.perf_counter
+        run_image = getattr(det.model, "run_image", None)
         t0 = pc()
-        x = preprocess(img, 1.0, preprocessing=det.preprocessing)[None]
+        if run_image is None:
+            x = preprocess(img, 1.0, preprocessing=det.preprocessing)[None]
         t1 = pc()
-        boxes, logits, lms = det.model.run_numpy(x)
+        # OpenVINO: the uint8 frame goes in, pre-processing is compiled into the graph (counted in fwd), as in
+        # FaceDetector
+        boxes, logits, lms = det.model.run_numpy(x) if run_image is None else run_image(img)
         t2 = pc()
-        h, w = x.shape[-2:]
+        h, w = img.shape[:2]
         cand = decode_detections(boxes[0], logits[0], lms[0], _anchors(h, w, det.anchor_spec), (h, w),
                                  variances=det.anchor_spec.variances, score_threshold=0.5, scale=1.0)
         t3 = pc()

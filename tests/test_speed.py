@@ -166,9 +166,24 @@ def test_openvino_backend_parity_with_pytorch():
     for a, b in zip(raw, raw_ref):
         assert a.shape == b.shape and float(np.abs(a - b).max()) <= 1e-4
     _assert_same_faces(ref, det.detect_arrays(img))
+    # FaceDetector feeds OpenVINO the uint8 image (pre-processing compiled into the graph): same outputs bit for bit
+    got_img = det.model.run_image(img)
+    for a, b in zip(got_img, raw):
+        np.testing.assert_array_equal(a, b)
     small = img[:161, :243].copy()  # another (odd) size: another compiled shape
     ref_small = FaceDetector(backend="torch", score_threshold=0.3).detect_arrays(small)
     got_small = det.detect_arrays(small)
     assert len(got_small.scores) == len(ref_small.scores)
     np.testing.assert_allclose(got_small.boxes, ref_small.boxes, atol=1e-3)
     assert len(det.detect(img)) == len(ref.scores)
+    # resized and mirrored inputs (resize policy, the eval protocols' flip) take the same path as ONNX Runtime
+    for kw in ({"resize": 320}, {"resize": 900}):
+        a = FaceDetector(backend="openvino", score_threshold=0.3, **kw)
+        b = FaceDetector(backend="onnxruntime", score_threshold=0.3, **kw)
+        got, want = a.detect_arrays(img), b.detect_arrays(img)
+        assert len(got.scores) == len(want.scores)
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
+    flipped_ov = det.predict_raw(img, scale=0.5, flip=True, score_threshold=0.3)
+    flipped_ort = FaceDetector(backend="onnxruntime").predict_raw(img, scale=0.5, flip=True, score_threshold=0.3)
+    assert len(flipped_ov.scores) == len(flipped_ort.scores) > 0
+    np.testing.assert_allclose(flipped_ov.boxes, flipped_ort.boxes, atol=1e-3)

@@ -31,7 +31,7 @@ from featherface.geometry.anchors import AnchorSpec, anchor_spec_of
 from featherface.geometry.landmarks import LANDMARK_NAMES
 from featherface.geometry.postprocess import Detections, decode_detections, select_detections
 from featherface.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
-from featherface.preprocessing import DEFAULT_PREPROCESSING, MEAN_BGR, Preprocessing, preprocess
+from featherface.preprocessing import DEFAULT_PREPROCESSING, MEAN_BGR, Preprocessing, preprocess, resize_image
 from featherface.resolve import ModelSource, resolve_model_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -293,9 +293,15 @@ class FaceDetector:
         Returns ``boxes [N, 4]`` (x1, y1, x2, y2), ``scores [N]``, ``landmarks [N, 10]`` in pixels of the ORIGINAL
         (un-scaled, un-mirrored) image, for scores ``> score_threshold``, sorted by descending score.
         """
-        x = preprocess(image_bgr, scale, flip=flip, preprocessing=self.preprocessing)[None]
-        h, w = x.shape[-2:]
-        boxes, logits, landmarks = self._run(x)
+        run_image = getattr(self.model, "run_image", None)  # OpenVINO: pre-processing inside the compiled graph
+        if run_image is not None and image_bgr.dtype == np.uint8 and image_bgr.ndim == 3 and image_bgr.shape[2] == 3:
+            img = resize_image(image_bgr, scale, flip=flip)
+            h, w = img.shape[:2]
+            boxes, logits, landmarks = (o[0] for o in run_image(img))
+        else:
+            x = preprocess(image_bgr, scale, flip=flip, preprocessing=self.preprocessing)[None]
+            h, w = x.shape[-2:]
+            boxes, logits, landmarks = self._run(x)
         return decode_detections(boxes, logits, landmarks, _anchors(h, w, self.anchor_spec), (h, w),
                                  variances=self.anchor_spec.variances, score_threshold=score_threshold, scale=scale,
                                  flip=flip)

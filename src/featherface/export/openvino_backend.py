@@ -8,6 +8,8 @@ but only when the network is compiled for a fixed input size (dynamic shapes run
 * each input size is compiled once (about 0.3 s) and kept; :data:`MAX_COMPILED_SHAPES` sizes are kept (least
   recently used first out). A camera or video stream (one frame size) is the use case; for images of many sizes
   (an evaluation) the default ONNX Runtime backend is the better choice;
+* pre-processing (uint8 → float32, mean, std, HWC → CHW) runs inside the compiled graph (:meth:`OvModel.run_image`,
+  OpenVINO's ``PrePostProcessor``; same values bit for bit), which saves the NumPy pass of ``preprocess``;
 * threads: ``INFERENCE_NUM_THREADS = num_threads`` (``None``: 1), one stream, ``PERFORMANCE_HINT = LATENCY``, and
   ``INFERENCE_PRECISION_HINT = f32`` so CPUs with bf16 / AMX units still compute in float32 (the parity contract:
   raw outputs within 1e-4 of PyTorch, tests/test_speed.py).
@@ -83,22 +85,45 @@ class OvModel:
         return {"INFERENCE_NUM_THREADS": self.num_threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_PRECISION_HINT": "f32"}
 
-    def _compiled_for(self, shape: tuple[int, ...]):
+    def _with_preprocessing(self, model: Any) -> Any:
+        """``model`` taking uint8 BGR ``[1, H, W, 3]``: OpenVINO converts to float32, reorders the colours if the
+        model wants RGB, subtracts the mean, divides by the std and transposes to NCHW inside the compiled graph --
+        the arithmetic of :func:`featherface.preprocessing.preprocess` (uint8 -> float32 is exact, then the same
+        float32 subtraction and division), so the outputs are the same bit for bit (tests/test_speed.py)."""
+        ov = _ov()
+        from openvino.preprocess import PrePostProcessor
+
+        pre = self.preprocessing
+        ppp = PrePostProcessor(model)
+        ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+        steps = ppp.input().preprocess().convert_element_type(ov.Type.f32)
+        if pre.color_order == "RGB":
+            steps = steps.reverse_channels()
+        steps = steps.mean([float(v) for v in pre.mean])
+        if any(v != 1.0 for v in pre.std):
+            steps.scale([float(v) for v in pre.std])
+        ppp.input().model().set_layout(ov.Layout("NCHW"))
+        return ppp.build()
+
+    def _compiled_for(self, shape: tuple[int, ...], image_input: bool = False):
+        key = (image_input, *shape)
         with self._lock:
-            compiled = self._compiled.get(shape)
+            compiled = self._compiled.get(key)
             if compiled is not None:
-                self._compiled.move_to_end(shape)
+                self._compiled.move_to_end(key)
                 return compiled
             model = self._model.clone()
             model.reshape({self.input_name: list(shape)})
+            if image_input:
+                model = self._with_preprocessing(model)
             compiled = self._core.compile_model(model, "CPU", self.config)
-            self._compiled[shape] = compiled
+            self._compiled[key] = compiled
             while len(self._compiled) > MAX_COMPILED_SHAPES:
                 self._compiled.popitem(last=False)
             return compiled
 
-    def _request(self, shape: tuple[int, ...]):
-        compiled = self._compiled_for(shape)
+    def _request(self, shape: tuple[int, ...], image_input: bool = False):
+        compiled = self._compiled_for(shape, image_input)
         cache = getattr(self._local, "requests", None)
         if cache is None or cache[0] is not compiled:  # one request per thread, for the current compiled size
             cache = (compiled, compiled.create_infer_request())
@@ -117,6 +142,17 @@ class OvModel:
             raise FeatherFaceError(f"input must be float32 [B, 3, H, W], got shape {x.shape}")
         request = self._request(tuple(int(v) for v in x.shape))
         request.infer({0: x})  # outputs are copied below: the request's buffers are reused by the next call
+        return [np.array(request.get_output_tensor(i).data, copy=True) for i in self._out_index]
+
+    def run_image(self, image_bgr: np.ndarray) -> list[np.ndarray]:
+        """Raw outputs for one uint8 BGR ``[H, W, 3]`` image at its own size, pre-processing included in the compiled
+        graph (what ``FaceDetector`` calls for this backend; equal to ``run_numpy(preprocess(image)[None])``)."""
+        img = np.ascontiguousarray(image_bgr)
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise FeatherFaceError(f"run_image needs a uint8 [H, W, 3] image, got {img.dtype} {img.shape}")
+        h, w = int(img.shape[0]), int(img.shape[1])
+        request = self._request((1, 3, h, w), image_input=True)
+        request.infer({0: img[None]})
         return [np.array(request.get_output_tensor(i).data, copy=True) for i in self._out_index]
 
     def __call__(self, x: Any):
