@@ -29,14 +29,15 @@ def _photo4() -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([np.concatenate([photo, photo[:, ::-1]], 1)] * 2, 0))  # four faces
 
 
-@pytest.mark.parametrize("threshold", [0.0, 0.02, 0.3, 0.5, 0.9, 0.999, 1.0])
+@pytest.mark.parametrize("threshold", [0.0, 1e-6, 0.02, 0.3, 0.5, 0.9, 0.999, 0.99999, 1.0])
 def test_logit_preselection_is_exact(threshold):
     rng = np.random.default_rng(1)
     for n, spread in ((12_600, 4.0), (5_000, 12.0), (33, 1.0), (0, 1.0)):
         logits = (rng.standard_normal((n, 2)) * spread).astype(np.float32)
-        if n:
-            logits[: n // 10, 1] = logits[: n // 10, 0] + np.float32(np.log(threshold / (1 - threshold))
-                                                                     if 0 < threshold < 1 else 0.0)  # on the cut
+        if n:  # a tenth of the rows on the cut, give or take a few ulp
+            cut = np.float32(np.log(threshold / (1 - threshold)) if 0 < threshold < 1 else 0.0)
+            jitter = rng.integers(-3, 4, n // 10).astype(np.float32) * np.spacing(np.abs(cut) + np.float32(1))
+            logits[: n // 10, 1] = logits[: n // 10, 0] + cut + jitter
         scores_all = face_scores(logits)
         want = np.flatnonzero(scores_all > threshold)
         rows, scores = _numpy_keep(logits, threshold)

@@ -77,8 +77,9 @@ def face_scores(logits: np.ndarray) -> np.ndarray:
 
 
 #: Margin (in logit units) of the cheap pre-selection in :func:`_numpy_keep`: rows whose logit difference is below
-#: ``logit(score_threshold) - margin`` have a face probability far under the threshold (float32 softmax errs by
-#: ~1e-7 relative, i.e. ~1e-6 in logit units near the threshold), so skipping them changes nothing.
+#: ``logit(t) - margin`` have a face probability under the threshold ``t`` even after float32 rounding. A few ulp of
+#: relative error on the computed score ``p`` are ``~5e-7 / (1 - p)`` in logit units, so the margin is
+#: ``1e-3 + 1e-5 / (1 - t)`` (20x that bound near ``t``, plus room for the rounding of ``l1 - l0`` itself).
 _LOGIT_MARGIN = 1e-3
 
 
@@ -89,7 +90,7 @@ def _numpy_keep(logits: np.ndarray, score_threshold: float) -> tuple[np.ndarray,
     (with a safety margin) and the exact softmax runs on those alone (issue 18: ~0.5 ms less at 640×480)."""
     t = float(score_threshold)
     if 0.0 < t < 1.0:
-        cut = np.float32(np.log(t / (1.0 - t)) - _LOGIT_MARGIN)
+        cut = np.float32(np.log(t / (1.0 - t)) - _LOGIT_MARGIN - 1e-5 / (1.0 - t))
         rows = np.flatnonzero((logits[:, 1] - logits[:, 0]) > cut)
         scores = face_scores(logits[rows])
         ok = scores > t
