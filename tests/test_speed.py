@@ -188,3 +188,20 @@ def test_openvino_backend_parity_with_pytorch():
     flipped_ort = FaceDetector(backend="onnxruntime").predict_raw(img, scale=0.5, flip=True, score_threshold=0.3)
     assert len(flipped_ov.scores) == len(flipped_ort.scores) > 0
     np.testing.assert_allclose(flipped_ov.boxes, flipped_ort.boxes, atol=1e-3)
+
+
+def test_openvino_backend_missing_or_wrong_file(monkeypatch, tmp_path):
+    import sys
+
+    from featherface.api import FaceDetector
+    from featherface.errors import FeatherFaceError
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with pytest.raises(FeatherFaceError, match="pip install openvino"):
+        FaceDetector(backend="openvino")
+    monkeypatch.undo()
+    pytest.importorskip("openvino")
+    with pytest.raises(FeatherFaceError, match="not found"):
+        FaceDetector(tmp_path / "missing.onnx", backend="openvino")
+    with pytest.raises(FeatherFaceError, match="shipped model or a path"):
+        FaceDetector(pretrained=False, backend="openvino")
