@@ -65,6 +65,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-n", type=positive_int, default=8)
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-stages", action="store_true",
+                   help="skip the per-stage breakdown of V2 (benchmarks/bench_stages.py: pre-processing / forward / "
+                        "decode / NMS, side by side with YuNet)")
     p.add_argument("--workdir", default=None, help="where the exported / quantised files go (default: temp)")
     p.add_argument("-o", "--output", default=str(_HERE / "results" / "deploy.md"), help="markdown report")
     p.add_argument("--json", default=str(_HERE / "results" / "deploy.json"), help="also write the raw figures as JSON")
@@ -261,6 +264,24 @@ def _fmt_int(n: int | None) -> str:
     return "—" if n is None else f"{n:,}"
 
 
+def _stages(args: argparse.Namespace) -> str:
+    """The per-stage table of the shipped V2 (ORT, and OpenVINO when installed) next to YuNet, in its own
+    round-robin run right after the main one (``benchmarks/bench_stages.py``)."""
+    sys.path.insert(0, str(_HERE))
+    import bench_stages
+
+    from featherface.export.openvino_backend import openvino_available
+
+    variants = ["shipped"] + (["openvino"] if openvino_available() else [])
+    out = Path(args.output).with_name(Path(args.output).stem + "_stages.md")
+    argv = ["--sizes", *[f"{w}x{h}" for h, w in args.sizes], "--threads", *map(str, args.threads),
+            "--variants", *variants, "--runs", str(args.runs), "-o", str(out)]
+    if args.image:
+        argv += ["--image", args.image]
+    bench_stages.main(argv)
+    return out.read_text()
+
+
 def _markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     sizes = res["sizes"]
@@ -303,6 +324,9 @@ def _markdown(res: dict[str, Any]) -> str:
         lines += ["", "Speed targets (640×480, median end to end, same run):", ""]
         for k, v in res["targets"].items():
             lines.append(f"- {k}: {v}")
+    if res.get("stages_markdown"):
+        body = res["stages_markdown"].split("\n", 2)[2]  # drop bench_stages' own title
+        lines += ["", "## Per-stage breakdown of V2, side by side with YuNet (second round-robin run)", "", body]
     lines.append("")
     return "\n".join(lines)
 
@@ -389,6 +413,8 @@ def run(args: argparse.Namespace) -> int:
         res["entries"].append(item)
     res["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     res["targets"] = _targets(res)
+    if not args.no_stages:
+        res["stages_markdown"] = _stages(args)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(_markdown(res))
     if args.json:

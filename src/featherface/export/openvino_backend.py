@@ -37,11 +37,10 @@ MAX_COMPILED_SHAPES = 4
 
 
 def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether ``openvino`` is installed, without importing it (importing starts its thread pool)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 def _ov():
