@@ -15,7 +15,8 @@ Protocol (written into the report):
   round-robin (one call each, repeated ``--runs`` times) so load drift on a shared machine hits all of them alike;
   median and p90 are reported per size and thread count;
 * threads: PyTorch ``torch.set_num_threads(n)``; ONNX Runtime ``intra_op_num_threads = n`` (one session per n),
-  inter-op 1, sequential, ``ORT_ENABLE_ALL``;
+  inter-op 1, sequential, ``ORT_ENABLE_ALL``; OpenVINO (V2 only, when ``openvino`` is installed)
+  ``FaceDetector(backend="openvino")`` on the same fp32 file, ``INFERENCE_NUM_THREADS = n``, compiled per frame size;
 * peak memory: each detector in a fresh subprocess (10 calls at the largest size, 1 thread); peak RSS
   (``VmHWM``) and its increase over the same process just before the model was loaded;
 * INT8: the V2 fp32 export quantised with :func:`featherface.export.quantize.quantize_int8` on ``--calib-n``
@@ -64,6 +65,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-n", type=positive_int, default=8)
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-stages", action="store_true",
+                   help="skip the per-stage breakdown of V2 (benchmarks/bench_stages.py: pre-processing / forward / "
+                        "decode / NMS, side by side with YuNet)")
     p.add_argument("--workdir", default=None, help="where the exported / quantised files go (default: temp)")
     p.add_argument("-o", "--output", default=str(_HERE / "results" / "deploy.md"), help="markdown report")
     p.add_argument("--json", default=str(_HERE / "results" / "deploy.json"), help="also write the raw figures as JSON")
@@ -104,6 +108,10 @@ def _featherface_entries(args, workdir: Path) -> list[_Entry]:
         save_checkpoint(ckpt, model)
         files = {"torch": ckpt, "ort": fp32}
         variants = [("PyTorch fp32", "torch", ckpt), ("ORT fp32", "onnxruntime", fp32)]
+        from featherface.export.openvino_backend import openvino_available
+
+        if openvino_available():  # the optional backend: the same file, compiled per frame size (docs/deployment.md)
+            variants.append(("OpenVINO fp32", "openvino", fp32))
         if tag == "v2":
             calib = calibration_images(args.calib_images, args.calib_n)
             int8_all = workdir / f"{tag}_int8_all.onnx"
@@ -122,7 +130,7 @@ def _featherface_entries(args, workdir: Path) -> list[_Entry]:
                         _d["t"] = FaceDetector(_m, score_threshold=0.5, nms_threshold=0.4)
                     return _d["t"].detect_arrays(img)
                 if threads not in _d:
-                    _d[threads] = FaceDetector(_p, backend="onnxruntime", num_threads=threads, score_threshold=0.5,
+                    _d[threads] = FaceDetector(_p, backend=_b, num_threads=threads, score_threshold=0.5,
                                                nms_threshold=0.4)
                 return _d[threads].detect_arrays(img)
 
@@ -206,7 +214,7 @@ def _mem_child(spec_json: str) -> None:
             torch.set_num_threads(1)
             det = FaceDetector(load_model(spec["path"]), score_threshold=0.5)
         else:
-            det = FaceDetector(spec["path"], backend="onnxruntime", num_threads=1, score_threshold=0.5)
+            det = FaceDetector(spec["path"], backend=spec["backend"], num_threads=1, score_threshold=0.5)
         call = det.detect_arrays
     else:
         mod = _load_peer_module(spec["module"])
@@ -256,6 +264,24 @@ def _fmt_int(n: int | None) -> str:
     return "—" if n is None else f"{n:,}"
 
 
+def _stages(args: argparse.Namespace) -> str:
+    """The per-stage table of the shipped V2 (ORT, and OpenVINO when installed) next to YuNet, in its own
+    round-robin run right after the main one (``benchmarks/bench_stages.py``)."""
+    sys.path.insert(0, str(_HERE))
+    import bench_stages
+
+    from featherface.export.openvino_backend import openvino_available
+
+    variants = ["shipped"] + (["openvino"] if openvino_available() else [])
+    out = Path(args.output).with_name(Path(args.output).stem + "_stages.md")
+    argv = ["--sizes", *[f"{w}x{h}" for h, w in args.sizes], "--threads", *map(str, args.threads),
+            "--variants", *variants, "--runs", str(args.runs), "-o", str(out)]
+    if args.image:
+        argv += ["--image", args.image]
+    bench_stages.main(argv)
+    return out.read_text()
+
+
 def _markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     sizes = res["sizes"]
@@ -295,26 +321,34 @@ def _markdown(res: dict[str, Any]) -> str:
     if res.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(res["skipped"])]
     if res.get("targets"):
-        lines += ["", "Speed targets (640×480, 2 threads, median, same run):", ""]
+        lines += ["", "Speed targets (640×480, median end to end, same run):", ""]
         for k, v in res["targets"].items():
             lines.append(f"- {k}: {v}")
+    if res.get("stages_markdown"):
+        body = res["stages_markdown"].split("\n", 2)[2]  # drop bench_stages' own title
+        lines += ["", "## Per-stage breakdown of V2, side by side with YuNet (second round-robin run)", "", body]
     lines.append("")
     return "\n".join(lines)
 
 
 def _targets(res: dict[str, Any]) -> dict[str, str]:
-    key = "640x480_2"
+    """Issue 18's goals: V2 / YuNet end to end at 640×480 ≤ 0.75 (fp32) and ≤ 0.6 (INT8), per thread count."""
     by = {(e["name"], e["runtime"]): e for e in res["entries"]}
     yunet = next((e for (n, r), e in by.items() if n.startswith("YuNet")), None)
-    out = {}
-    if yunet is None or key not in yunet["latency"]:
+    out: dict[str, str] = {}
+    if yunet is None:
         return out
-    y = yunet["latency"][key]["median_ms"]
-    for rt, goal in (("ORT fp32", 0.75), ("ORT int8 (all)", 0.5), ("ORT int8 (stage 1 float)", 0.5)):
-        e = by.get(("FeatherFace V2", rt))
-        if e and key in e["latency"]:
-            r = e["latency"][key]["median_ms"] / y
-            out[f"V2 {rt} / YuNet"] = f"{r:.2f} (goal ≤ {goal}: {'met' if r <= goal else 'not met'})"
+    for threads in (1, 2):
+        key = f"640x480_{threads}"
+        if key not in yunet["latency"]:
+            continue
+        y = yunet["latency"][key]["median_ms"]
+        for rt, goal in (("ORT fp32", 0.75), ("OpenVINO fp32", 0.75), ("ORT int8 (all)", 0.6),
+                         ("ORT int8 (stage 1 float)", 0.6)):
+            e = by.get(("FeatherFace V2", rt))
+            if e and key in e["latency"]:
+                r = e["latency"][key]["median_ms"] / y
+                out[f"{threads} thread(s): V2 {rt} / YuNet"] = f"{r:.2f} (goal ≤ {goal}: {'met' if r <= goal else 'not met'})"
     return out
 
 
@@ -379,6 +413,8 @@ def run(args: argparse.Namespace) -> int:
         res["entries"].append(item)
     res["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     res["targets"] = _targets(res)
+    if not args.no_stages:
+        res["stages_markdown"] = _stages(args)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(_markdown(res))
     if args.json:

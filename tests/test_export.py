@@ -274,3 +274,27 @@ def test_quantize_keep_float_groups_and_histogram_calibration(v2_onnx, tmp_path)
     assert boxes.shape[1] == make_anchors((64, 96)).shape[0]
     with pytest.raises(FeatherFaceError, match="unknown --keep-float"):
         float_nodes(v2_onnx, ["gates"])
+
+
+def test_quantize_only_one_group_and_qoperator_format(v2_onnx, tmp_path):
+    from featherface.errors import FeatherFaceError
+    from featherface.export.quantize import quantize_int8
+
+    rng = np.random.default_rng(0)
+    calib = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)]
+    x = rng.normal(0, 50, (1, 3, 64, 96)).astype(np.float32)
+    ref = _session(v2_onnx).run(None, {"input": x})
+    heads = quantize_int8(v2_onnx, tmp_path / "heads.onnx", calib, calib_size=None, only=("heads",))
+    full = quantize_int8(v2_onnx, tmp_path / "all.onnx", calib, calib_size=None)
+    # only the 9 head convs become integer convs: far fewer Q/DQ pairs than quantising everything
+    n_dq = [sum(n.op_type == "DequantizeLinear" for n in onnx.load(str(p)).graph.node) for p in (heads, full)]
+    assert 0 < n_dq[0] < n_dq[1] / 4
+    assert {p.key: p.value for p in onnx.load(str(heads)).metadata_props}["only_groups"] == "heads"
+    qop = quantize_int8(v2_onnx, tmp_path / "qop.onnx", calib, calib_size=None, quant_format="qoperator")
+    ops = {n.op_type for n in onnx.load(str(qop)).graph.node}
+    assert "QLinearConv" in ops
+    for path in (heads, qop):
+        out = _session(path).run(None, {"input": x})
+        assert all(a.shape == b.shape for a, b in zip(out, ref))
+    with pytest.raises(FeatherFaceError, match="quantization format"):
+        quantize_int8(v2_onnx, tmp_path / "bad.onnx", calib, calib_size=None, quant_format="int4")

@@ -31,7 +31,7 @@ from featherface.geometry.anchors import AnchorSpec, anchor_spec_of
 from featherface.geometry.landmarks import LANDMARK_NAMES
 from featherface.geometry.postprocess import Detections, decode_detections, select_detections
 from featherface.imageio import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
-from featherface.preprocessing import DEFAULT_PREPROCESSING, MEAN_BGR, Preprocessing, preprocess
+from featherface.preprocessing import DEFAULT_PREPROCESSING, MEAN_BGR, Preprocessing, preprocess, resize_image
 from featherface.resolve import ModelSource, resolve_model_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -165,8 +165,10 @@ class FaceDetector:
             process; ``None`` leaves torch's setting).
         backend: ``None`` picks ONNX Runtime for the shipped models (their ``.onnx`` files) and for ``.onnx`` paths,
             PyTorch for ``.pth`` checkpoints, modules, untrained networks and devices other than the CPU;
-            ``"onnxruntime"`` or ``"torch"`` force one. Pre-processing, decoding and NMS are the same NumPy code
-            for both, so both give the same faces (to float rounding).
+            ``"onnxruntime"`` or ``"torch"`` force one. ``"openvino"`` (optional, ``pip install openvino``) runs the
+            same ``.onnx`` file with OpenVINO, compiled once per input size: faster per frame on a fixed-size stream
+            (docs/deployment.md, "Latency work"), about 0.3 s to start on each new size. Pre-processing, decoding
+            and NMS are the same NumPy code for every backend, so all give the same faces (to float rounding).
         max_pixels: image files (and PIL images) whose decode would exceed this many pixels are refused with an
             :class:`~featherface.errors.InputError` before decoding (default 100 MP; ``None``: no limit). Large
             JPEGs that the resize policy shrinks anyway are decoded at 1/2, 1/4 or 1/8 (results stay in original
@@ -188,17 +190,17 @@ class FaceDetector:
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral)
                                         or num_threads < 1):
             raise FeatherFaceError(f"num_threads must be an integer >= 1, got {num_threads!r}")
-        if backend not in (None, "torch", "onnxruntime"):
-            raise FeatherFaceError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        if backend not in (None, "torch", "onnxruntime", "openvino"):
+            raise FeatherFaceError(f"backend must be 'torch', 'onnxruntime' or 'openvino', got {backend!r}")
         on_cpu = str(device).strip().lower() == "cpu"
         source = None if _is_torch_module(model) else resolve_model_source(model, pretrained=pretrained)  # type: ignore[arg-type]
         if backend is None:
             backend = self._default_backend(source, on_cpu)
         self.backend = backend
         self.num_threads = None if num_threads is None else int(num_threads)
-        if backend == "onnxruntime":
+        if backend in ("onnxruntime", "openvino"):
             self.device: Any = "cpu"
-            self.model: Any = self._ort_model(model, source, on_cpu)
+            self.model: Any = self._ort_model(model, source, on_cpu, runtime=backend)
             self._run = _ort_runner(self.model)
         else:
             self.device = self._torch_device(device)
@@ -223,16 +225,20 @@ class FaceDetector:
             return "onnxruntime"
         return "torch"
 
-    def _ort_model(self, model: Any, source: ModelSource | None, on_cpu: bool) -> OrtModel:
+    def _ort_model(self, model: Any, source: ModelSource | None, on_cpu: bool, runtime: str = "onnxruntime") -> Any:
         if not on_cpu:
-            raise FeatherFaceError("backend='onnxruntime' runs on the CPU; use backend='torch' for other devices")
+            raise FeatherFaceError(f"backend={runtime!r} runs on the CPU; use backend='torch' for other devices")
         if source is not None and source.kind == "pretrained" and source.onnx_path is not None:
             path = source.onnx_path
         elif source is not None and source.kind == "onnx" and source.path is not None:
             path = source.path
         else:
-            raise FeatherFaceError(f"backend='onnxruntime' needs a shipped model or a path to an .onnx file, "
+            raise FeatherFaceError(f"backend={runtime!r} needs a shipped model or a path to an .onnx file, "
                                    f"got {model!r}")
+        if runtime == "openvino":
+            from featherface.export.openvino_backend import OvModel
+
+            return OvModel(path, num_threads=self.num_threads)
         from featherface.export.ort_backend import OrtModel
 
         return OrtModel(path, num_threads=self.num_threads)
@@ -287,9 +293,15 @@ class FaceDetector:
         Returns ``boxes [N, 4]`` (x1, y1, x2, y2), ``scores [N]``, ``landmarks [N, 10]`` in pixels of the ORIGINAL
         (un-scaled, un-mirrored) image, for scores ``> score_threshold``, sorted by descending score.
         """
-        x = preprocess(image_bgr, scale, flip=flip, preprocessing=self.preprocessing)[None]
-        h, w = x.shape[-2:]
-        boxes, logits, landmarks = self._run(x)
+        run_image = getattr(self.model, "run_image", None)  # OpenVINO: pre-processing inside the compiled graph
+        if run_image is not None and image_bgr.dtype == np.uint8 and image_bgr.ndim == 3 and image_bgr.shape[2] == 3:
+            img = resize_image(image_bgr, scale, flip=flip)
+            h, w = img.shape[:2]
+            boxes, logits, landmarks = (o[0] for o in run_image(img))
+        else:
+            x = preprocess(image_bgr, scale, flip=flip, preprocessing=self.preprocessing)[None]
+            h, w = x.shape[-2:]
+            boxes, logits, landmarks = self._run(x)
         return decode_detections(boxes, logits, landmarks, _anchors(h, w, self.anchor_spec), (h, w),
                                  variances=self.anchor_spec.variances, score_threshold=score_threshold, scale=scale,
                                  flip=flip)

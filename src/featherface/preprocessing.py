@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Preprocessing", "DEFAULT_PREPROCESSING", "MEAN_BGR", "preprocess", "resized_size"]
+__all__ = ["Preprocessing", "DEFAULT_PREPROCESSING", "MEAN_BGR", "preprocess", "resize_image", "resized_size"]
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,9 @@ def resized_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
 
-def preprocess(image_bgr: np.ndarray, scale: float = 1.0, *, flip: bool = False,
-               preprocessing: Preprocessing = DEFAULT_PREPROCESSING) -> np.ndarray:
-    """uint8 BGR ``[H, W, 3]`` → float32 ``[3, H', W']``: resized by ``scale`` (INTER_AREA to shrink, INTER_LINEAR
-    to enlarge), optionally mirrored, in ``preprocessing.color_order``, minus the mean, divided by ``std``."""
+def resize_image(image_bgr: np.ndarray, scale: float = 1.0, *, flip: bool = False) -> np.ndarray:
+    """The geometric part of :func:`preprocess`: ``image_bgr`` resized by ``scale`` (INTER_AREA to shrink,
+    INTER_LINEAR to enlarge) and optionally mirrored, still uint8 BGR ``[H', W', 3]`` (the same array when neither)."""
     import cv2
 
     img = image_bgr
@@ -94,6 +93,16 @@ def preprocess(image_bgr: np.ndarray, scale: float = 1.0, *, flip: bool = False,
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
     if flip:
         img = cv2.flip(img, 1)
+    return img
+
+
+def preprocess(image_bgr: np.ndarray, scale: float = 1.0, *, flip: bool = False,
+               preprocessing: Preprocessing = DEFAULT_PREPROCESSING) -> np.ndarray:
+    """uint8 BGR ``[H, W, 3]`` → float32 ``[3, H', W']``: resized by ``scale`` (INTER_AREA to shrink, INTER_LINEAR
+    to enlarge), optionally mirrored, in ``preprocessing.color_order``, minus the mean, divided by ``std``."""
+    import cv2
+
+    img = resize_image(image_bgr, scale, flip=flip)
     # One pass per plane straight into the CHW output (2.3x faster than astype + subtract + transpose copy).
     h, w = img.shape[:2]
     out = np.empty((3, h, w), dtype=np.float32)

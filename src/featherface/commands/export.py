@@ -74,6 +74,10 @@ def configure_quantize_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-float", nargs="*", default=["stage1"], metavar="GROUP",
                    help="parts left in float32: attention (sigmoid gates), heads, neck, ssh, stem, stage1, stage2, "
                         "stage3 (default: stage1, the best measured recipe; give the flag alone to quantise all)")
+    p.add_argument("--only", nargs="+", default=(), metavar="GROUP",
+                   help="quantise only these groups (same names as --keep-float), everything else float")
+    p.add_argument("--format", dest="quant_format", choices=("qdq", "qoperator"), default="qdq",
+                   help="QDQ pairs (default) or ORT's QOperator format (QLinearConv ...)")
     p.add_argument("--eval-images", default=None,
                    help="WIDER val images root: also report AP change (val-dev list / GT from --eval-gt, --eval-list)")
     p.add_argument("--eval-gt", default=None)
@@ -96,7 +100,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     report = quantize_report(args.model, args.output, calib_images=args.calib_images, num_images=args.num_images,
                              calib_size=args.calib_size, per_channel=not args.per_tensor, method=args.method,
                              percentile=args.percentile, keep_float=tuple(args.keep_float or ()),
-                             threads=args.threads, evaluate=evaluate, report_path=args.report)
+                             only=tuple(args.only or ()), quant_format=args.quant_format, threads=args.threads, evaluate=evaluate, report_path=args.report)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -23,7 +23,7 @@ from featherface.errors import FeatherFaceError
 from featherface.geometry.anchors import AnchorSpec
 from featherface.preprocessing import Preprocessing
 
-__all__ = ["make_session", "read_metadata", "OrtModel"]
+__all__ = ["make_session", "read_metadata", "raw_model_info", "OrtModel"]
 
 
 def _ort():
@@ -65,27 +65,52 @@ def read_metadata(session_or_path: Any) -> dict[str, str]:
     return dict(sess.get_modelmeta().custom_metadata_map)
 
 
+def _raw_info(path: Path, session: Any) -> dict[str, Any]:
+    """Check that ``session`` runs a raw FeatherFace export and read its anchors / pre-processing / name metadata."""
+    meta = read_metadata(session)
+    outputs = [o.name for o in session.get_outputs()]
+    if "batch_index" in outputs or meta.get("postprocess", "none") != "none":
+        raise FeatherFaceError(f"{path}: this ONNX file has post-processing inside the graph; "
+                               "FaceDetector needs a raw export (featherface export without --with-postprocess)")
+    if outputs[:3] != ["boxes", "logits", "landmarks"]:
+        raise FeatherFaceError(f"{path}: outputs {outputs} are not FeatherFace's boxes/logits/landmarks")
+    try:
+        anchor_spec = AnchorSpec.from_dict(json.loads(meta["anchors"]))
+        preprocessing = Preprocessing.from_dict(json.loads(meta.get("preprocessing", "{}") or "{}"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FeatherFaceError(f"{path}: no usable featherface metadata (anchors / preprocessing: {exc}); "
+                               "export it with `featherface export`") from None
+    return {"anchor_spec": anchor_spec, "preprocessing": preprocessing, "model_name": meta.get("model_name", "onnx"),
+            "metadata": meta}
+
+
+def raw_model_info(path: str | os.PathLike) -> dict[str, Any]:
+    """:class:`OrtModel`'s checks and metadata (``anchor_spec``, ``preprocessing``, ``model_name``, ``metadata``) of a
+    raw export, for other runtimes (the OpenVINO backend); reads the file with an unoptimised ONNX Runtime session."""
+    ort = _ort()
+    path = Path(path)
+    if not path.is_file():
+        raise FeatherFaceError(f"{path}: ONNX file not found")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise FeatherFaceError(f"{path}: onnxruntime cannot load this file: {str(exc).splitlines()[0][:200]}") from None
+    return _raw_info(path, session)
+
+
 class OrtModel:
     """A raw-output FeatherFace ONNX file run by onnxruntime, with the PyTorch model's call contract."""
 
     def __init__(self, path: str | os.PathLike, *, num_threads: int | None = 1) -> None:
         self.path = Path(path)
         self.session = make_session(self.path, num_threads=num_threads)
-        meta = read_metadata(self.session)
-        outputs = [o.name for o in self.session.get_outputs()]
-        if "batch_index" in outputs or meta.get("postprocess", "none") != "none":
-            raise FeatherFaceError(f"{self.path}: this ONNX file has post-processing inside the graph; "
-                                   "FaceDetector needs a raw export (featherface export without --with-postprocess)")
-        if outputs[:3] != ["boxes", "logits", "landmarks"]:
-            raise FeatherFaceError(f"{self.path}: outputs {outputs} are not FeatherFace's boxes/logits/landmarks")
-        try:
-            self.anchor_spec = AnchorSpec.from_dict(json.loads(meta["anchors"]))
-            self.preprocessing = Preprocessing.from_dict(json.loads(meta.get("preprocessing", "{}") or "{}"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FeatherFaceError(f"{self.path}: no usable featherface metadata (anchors / preprocessing: {exc}); "
-                                   "export it with `featherface export`") from None
-        self.model_name = meta.get("model_name", "onnx")
-        self.metadata = meta
+        info = _raw_info(self.path, self.session)
+        self.anchor_spec, self.preprocessing = info["anchor_spec"], info["preprocessing"]
+        self.model_name, self.metadata = info["model_name"], info["metadata"]
         self.input_name = self.session.get_inputs()[0].name
 
     def to(self, *args, **kwargs) -> OrtModel:  # device moves are meaningless here (CPU provider)

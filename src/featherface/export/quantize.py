@@ -95,11 +95,14 @@ def float_nodes(path: str | os.PathLike, groups: Iterable[str]) -> list[str]:
 
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: Sequence[Any], *,
                   calib_size: int | None = 640, per_channel: bool = True, method: str = "minmax",
-                  keep_float: Iterable[str] = (), percentile: float = 99.999) -> Path:
-    """Write the INT8 (QDQ) model of ``fp32_path`` to ``out_path``, calibrated on ``images`` (paths or BGR arrays).
+                  keep_float: Iterable[str] = (), percentile: float = 99.999, quant_format: str = "qdq",
+                  only: Iterable[str] = ()) -> Path:
+    """Write the INT8 model of ``fp32_path`` to ``out_path``, calibrated on ``images`` (paths or BGR arrays).
 
-    ``keep_float``: groups of :data:`FLOAT_GROUPS` left in float32. ``percentile``: the clipping percentile of the
-    ``percentile`` calibration method.
+    ``keep_float``: groups of :data:`FLOAT_GROUPS` left in float32. ``only``: if given, quantise only the nodes of
+    these groups (everything else float). ``percentile``: the clipping percentile of the ``percentile`` calibration
+    method. ``quant_format``: ``"qdq"`` (QuantizeLinear/DequantizeLinear pairs, fused by ORT) or ``"qoperator"``
+    (QLinearConv and friends).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -114,6 +117,9 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ima
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise FeatherFaceError(f"unknown calibration method {method!r}; known: {', '.join(methods)}")
+    formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+    if quant_format not in formats:
+        raise FeatherFaceError(f"unknown quantization format {quant_format!r}; known: {', '.join(formats)}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pre = _file_preprocessing(fp32_path)
@@ -137,13 +143,18 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ima
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         keep_float = tuple(keep_float)
         exclude = sorted(set(_sampling_path_nodes(pre)) | set(float_nodes(pre, keep_float)))
-        quantize_static(str(pre), str(out_path), _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        nodes_to_exclude=exclude,
+        only = tuple(only)
+        include = sorted(set(float_nodes(pre, only)) - set(exclude)) if only else None
+        if only and not include:
+            raise FeatherFaceError(f"no node of {fp32_path} belongs to group(s) {', '.join(only)}")
+        quantize_static(str(pre), str(out_path), _Reader(), quant_format=formats[quant_format],
+                        per_channel=per_channel, nodes_to_exclude=exclude, nodes_to_quantize=include,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method],
                         extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": False,
                                        "CalibPercentile": float(percentile)})
-    _copy_metadata(fp32_path, out_path, {"quantization": "int8 QDQ, per-channel" if per_channel else "int8 QDQ",
+    label = "int8 " + ("QDQ" if quant_format == "qdq" else "QOperator") + (", per-channel" if per_channel else "")
+    _copy_metadata(fp32_path, out_path, {"quantization": label, "only_groups": ",".join(only),
                                          "calibration_images": str(len(batches)), "calibration_method": method,
                                          "float_groups": ",".join(keep_float)})
     return out_path
@@ -257,7 +268,8 @@ def _latency(path: Path, size: tuple[int, int], threads: int, runs: int = 30) ->
 def quantize_report(model: str | os.PathLike, output: str | os.PathLike, *, calib_images: str | os.PathLike,
                     num_images: int = 32, calib_size: int | None = 640, per_channel: bool = True,
                     method: str = "minmax", percentile: float = 99.999,
-                    keep_float: Iterable[str] = DEFAULT_FLOAT_GROUPS, threads: int = 2,
+                    keep_float: Iterable[str] = DEFAULT_FLOAT_GROUPS, only: Iterable[str] = (),
+                    quant_format: str = "qdq", threads: int = 2,
                     evaluate: Callable[[Path], dict[str, Any]] | None = None,
                     report_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Quantise ``model`` (an fp32 raw ONNX export) to ``output`` and report size, latency and (optionally) AP.
@@ -273,11 +285,11 @@ def quantize_report(model: str | os.PathLike, output: str | os.PathLike, *, cali
     t = time.perf_counter()
     keep = tuple(keep_float or ())
     quantize_int8(fp32, out, images, calib_size=calib_size, per_channel=per_channel, method=method,
-                  keep_float=keep, percentile=percentile)
+                  keep_float=keep, percentile=percentile, only=tuple(only), quant_format=quant_format)
     report: dict[str, Any] = {
         "fp32": str(fp32), "int8": str(out), "calibration": {"folder": str(calib_images), "images": len(images),
                                                            "longest_side": calib_size, "method": method},
-        "float_groups": list(keep),
+        "float_groups": list(keep), "only_groups": list(only), "format": quant_format,
         "quantize_s": round(time.perf_counter() - t, 1),
         "bytes_fp32": fp32.stat().st_size, "bytes_int8": out.stat().st_size,
         "size_ratio": round(fp32.stat().st_size / out.stat().st_size, 2),

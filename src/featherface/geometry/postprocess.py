@@ -76,6 +76,30 @@ def face_scores(logits: np.ndarray) -> np.ndarray:
     return e[:, 1] / (e[:, 0] + e[:, 1])
 
 
+#: Margin (in logit units) of the cheap pre-selection in :func:`_numpy_keep`: rows whose logit difference is below
+#: ``logit(t) - margin`` have a face probability under the threshold ``t`` even after float32 rounding. A few ulp of
+#: relative error on the computed score ``p`` are ``~5e-7 / (1 - p)`` in logit units, so the margin is
+#: ``1e-3 + 1e-5 / (1 - t)`` (20x that bound near ``t``, plus room for the rounding of ``l1 - l0`` itself).
+_LOGIT_MARGIN = 1e-3
+
+
+def _numpy_keep(logits: np.ndarray, score_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (ascending) of the anchors with ``face_scores(logits) > score_threshold`` and their scores, bit for bit
+    those of :func:`face_scores` on all rows, but computed only on the rows that can pass: ``softmax[:, 1] > t`` iff
+    ``l1 - l0 > log(t / (1 - t))``, so one subtraction and compare over every anchor pre-selects the few candidates
+    (with a safety margin) and the exact softmax runs on those alone (issue 18: ~0.5 ms less at 640×480)."""
+    t = float(score_threshold)
+    if 0.0 < t < 1.0:
+        cut = np.float32(np.log(t / (1.0 - t)) - _LOGIT_MARGIN - 1e-5 / (1.0 - t))
+        rows = np.flatnonzero((logits[:, 1] - logits[:, 0]) > cut)
+        scores = face_scores(logits[rows])
+        ok = scores > t
+        return rows[ok], scores[ok]
+    scores = face_scores(logits)
+    rows = np.flatnonzero(scores > t)
+    return rows, scores[rows]
+
+
 def decode_detections(
     loc: Any,
     logits: Any,
@@ -126,15 +150,13 @@ def decode_detections(
             points = (points_t * torch.tensor([sx, sy] * 5, device=points_t.device)).cpu().numpy()
             scores = scores_t[keep_t].cpu().numpy()
     else:
-        scores_all = face_scores(np.asarray(logits, np.float32))
-        keep = scores_all > score_threshold
-        if not keep.any():
+        keep, scores = _numpy_keep(np.asarray(logits, np.float32), score_threshold)
+        if not len(keep):
             return _empty()
         anchors_k = np.asarray(anchors)[keep]
         boxes = decode_boxes(np.asarray(loc)[keep], anchors_k, variances) * np.asarray([sx, sy, sx, sy], np.float32)
         points = decode_landmarks(np.asarray(landmarks)[keep], anchors_k, variances) * np.asarray([sx, sy] * 5,
                                                                                                  np.float32)
-        scores = scores_all[keep]
     if flip:
         width = w / scale
         boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
