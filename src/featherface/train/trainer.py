@@ -628,6 +628,7 @@ class Trainer:
             eval_now = cfg.eval.every > 0 and (done % cfg.eval.every == 0 or done == cfg.epochs)
             ev = None
             if eval_now and self.is_main:
+                self.save(self.run_dir / "last.pth", done)  # the epoch is safe even if the evaluation fails
                 ev = {"kind": "eval", "epoch": done, "step": self.global_step, **self.evaluate()}
                 self.records.append(ev)
             is_best = ev is not None and (self.best is None or ev["ap_mean"] > self.best)
