@@ -45,6 +45,9 @@ from featherface.cliargs import frame_size, non_negative_int, positive_int
 __all__ = ["configure", "run"]
 
 _HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(_HERE))
+from machine import paused  # noqa: E402
+
 _REPO = _HERE.parent
 _DATA = _REPO.parent / "shared" / "data" / "widerface"
 _V1_TEACHER = _REPO.parent / "shared" / "peers" / "featherface" / "featherface_train_mobilenet0.25_Final.pth"
@@ -65,6 +68,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-n", type=positive_int, default=8)
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--pause", type=int, default=None, metavar="PID",
+                   help="SIGSTOP this process and its children (a training run) while timing, SIGCONT after")
     p.add_argument("--no-stages", action="store_true",
                    help="skip the per-stage breakdown of V2 (benchmarks/bench_stages.py: pre-processing / forward / "
                         "decode / NMS, side by side with YuNet)")
@@ -382,19 +387,22 @@ def run(args: argparse.Namespace) -> int:
     res["skipped"] = skipped
     frames = {(h, w): cv2.resize(src, (w, h)) for (h, w) in args.sizes}
     lat: dict[int, dict[str, list[float]]] = {i: {} for i in range(len(entries))}
-    for t in args.threads:
-        for (h, w), img in frames.items():
-            key = f"{w}x{h}_{t}"
-            print(f"timing {key} ...", file=sys.stderr)
-            for i, e in enumerate(entries):
-                for _ in range(args.warmup):
-                    e.detect(img, t)
-                lat[i][key] = []
-            for _ in range(args.runs):
+    with paused(args.pause):
+        res["machine"]["load_average_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        for t in args.threads:
+            for (h, w), img in frames.items():
+                key = f"{w}x{h}_{t}"
+                print(f"timing {key} ...", file=sys.stderr)
                 for i, e in enumerate(entries):
-                    t0 = time.perf_counter()
-                    e.detect(img, t)
-                    lat[i][key].append(time.perf_counter() - t0)
+                    for _ in range(args.warmup):
+                        e.detect(img, t)
+                    lat[i][key] = []
+                for _ in range(args.runs):
+                    for i, e in enumerate(entries):
+                        t0 = time.perf_counter()
+                        e.detect(img, t)
+                        lat[i][key].append(time.perf_counter() - t0)
+        res["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     res["entries"] = []
     big = max(args.sizes, key=lambda s: s[0] * s[1])
     for i, e in enumerate(entries):
@@ -411,10 +419,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"memory {e.name} {e.runtime} ...", file=sys.stderr)
             item["memory"] = _memory(e, image, *big)
         res["entries"].append(item)
-    res["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     res["targets"] = _targets(res)
     if not args.no_stages:
-        res["stages_markdown"] = _stages(args)
+        with paused(args.pause):
+            res["stages_markdown"] = _stages(args)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(_markdown(res))
     if args.json:

@@ -24,10 +24,6 @@ two "default" recipes and of every recipe faster than fp32, on N evenly spaced v
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,32 +33,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "widerface"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import load_average as _load  # noqa: E402
+from machine import paused as _paused  # noqa: E402
+
 GROUPS = ("stem", "stage1", "stage2", "stage3", "attention", "neck", "ssh", "heads")
-
-
-def _load() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "n/a"
-
-
-@contextlib.contextmanager
-def _paused(pid: int | None):
-    """SIGSTOP ``pid`` and its direct children for the duration (the shared 2-core machine's training run)."""
-    if pid is None:
-        yield
-        return
-    kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    pids = [pid, *map(int, kids)]
-    for q in pids:
-        os.kill(q, signal.SIGSTOP)
-    time.sleep(2.0)
-    try:
-        yield
-    finally:
-        for q in pids:
-            os.kill(q, signal.SIGCONT)
 
 
 def main(argv: list[str] | None = None) -> int:
