@@ -114,6 +114,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="a shipped model name (featherface_v2: the default, fast; featherface_v1: most accurate; "
                         "`featherface models` lists them), a checkpoint (.pth, ours or upstream V1) or a raw .onnx "
                         "export")
+    add_backend_option(p)
+
+
+def add_backend_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--backend`` (auto / onnxruntime / torch / openvino), as ``detect`` and ``eval`` take it."""
     p.add_argument("--backend", choices=("auto", "onnxruntime", "torch", "openvino"), default="auto",
                    help="auto (default): ONNX Runtime for shipped models and .onnx files, PyTorch for .pth files; "
                         "openvino (optional, pip install openvino): the same .onnx file, compiled per image size "

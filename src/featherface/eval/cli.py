@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from featherface.cliargs import device, open_unit_interval, positive_int, probability
+from featherface.cliargs import add_backend_option, device, open_unit_interval, positive_int, probability
 from featherface.errors import InputError
 
 __all__ = ["configure_parser", "run", "main"]
@@ -48,8 +48,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--top-k", type=positive_int, default=None, help="candidates kept before NMS (default: all, as upstream)")
     t.add_argument("--keep-top-k", type=positive_int, default=None, help="detections kept after NMS (default: all)")
     t.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
-    t.add_argument("--backend", choices=("auto", "onnxruntime", "torch"), default="auto",
-                   help="auto (default): ONNX Runtime for shipped models and .onnx files, PyTorch for .pth files")
+    add_backend_option(t)
     parser.add_argument("--no-plot", action="store_true", help="do not write the precision-recall PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
