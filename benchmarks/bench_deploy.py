@@ -261,12 +261,15 @@ def _machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
 
 
 def _fmt_int(n: int | None) -> str:
     return "—" if n is None else f"{n:,}"
+
+
+def _load_average() -> tuple[float, float, float] | None:
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
 def _stages(args: argparse.Namespace) -> str:
@@ -388,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
     frames = {(h, w): cv2.resize(src, (w, h)) for (h, w) in args.sizes}
     lat: dict[int, dict[str, list[float]]] = {i: {} for i in range(len(entries))}
     with paused(args.pause):
-        res["machine"]["load_average_start"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        res["machine"]["load_average_start"] = _load_average()
         for t in args.threads:
             for (h, w), img in frames.items():
                 key = f"{w}x{h}_{t}"
@@ -402,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
                         t0 = time.perf_counter()
                         e.detect(img, t)
                         lat[i][key].append(time.perf_counter() - t0)
-        res["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        res["load_average_end"] = _load_average()
     res["entries"] = []
     big = max(args.sizes, key=lambda s: s[0] * s[1])
     for i, e in enumerate(entries):
