@@ -73,6 +73,13 @@ def tiny(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ config
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs").glob("*.toml")))
+def test_every_shipped_recipe_loads(recipe):
+    cfg = load_config(REPO / "configs" / recipe)
+    assert cfg.epochs >= 1 and cfg.data.image_size >= 32
+    assert all(c > 0 for c in cfg.data.crop_scales)
+
+
 def test_recipes_load_and_unknown_keys_are_rejected(tmp_path):
     v1 = load_config(REPO / "configs" / "train_v1.toml")
     v2 = load_config(REPO / "configs" / "train_v2.toml")
