@@ -3,9 +3,9 @@
 * the pre-selection of candidates by logit difference (:func:`featherface.geometry.postprocess._numpy_keep`) gives
   the same anchors and bit-identical scores as a softmax over every anchor;
 * the export with grouped convolutions made dense (:func:`featherface.export.onnx_export.densify_grouped_convs`,
-  the default of raw exports) matches PyTorch on raw outputs (<= 1e-4) and finds the same faces;
+  the default of raw exports) matches PyTorch on raw outputs (float32 rounding: :func:`_assert_raw_close`) and finds the same faces;
 * the shipped ONNX file, run by ``FaceDetector()`` (ONNX Runtime, pre-selection), matches the PyTorch checkpoint on
-  raw outputs (<= 1e-4) and finds the same faces;
+  raw outputs (float32 rounding: :func:`_assert_raw_close`) and finds the same faces;
 * the optional OpenVINO backend (skipped without ``openvino``) matches PyTorch the same way. Its tests run in a
   child pytest process (:func:`_in_child_process`): once OpenVINO's TBB thread pool lives in the runner, the later
   DDP test (``tests/test_trainer.py::test_ddp_two_gloo_processes``) crashed the whole runner with SIGSEGV.
@@ -139,8 +139,7 @@ def test_dense_export_same_faces_as_pytorch(dense_export):
     ref, raw_ref, x = _torch_reference(img)
     det = FaceDetector(dense_export, num_threads=1, score_threshold=0.3)
     raw = det.model.run_numpy(x)
-    for a, b in zip(raw, raw_ref):
-        assert float(np.abs(a - b).max()) <= 1e-4
+    _assert_raw_close(raw, raw_ref)
     _assert_same_faces(ref, det.detect_arrays(img))
 
 
@@ -155,6 +154,17 @@ def _torch_reference(img):
     with torch.inference_mode():
         out = det.model(torch.from_numpy(x))
     return det.detect_arrays(img), [t.numpy() for t in (out.boxes, out.logits, out.landmarks)], x
+
+
+def _assert_raw_close(raw, raw_ref):
+    """Raw outputs (boxes, logits, landmarks) equal up to float32 rounding. Rounding from another summation order
+    or convolution algorithm scales with the magnitudes summed, not with the output element: with the shipped
+    weights outputs reach |8| and a few elements differ by 1.3e-4, so the bound is 1e-4 relative plus 2e-5 of the
+    tensor's largest magnitude (at least 2e-5). A wrong rewrite errs by orders of magnitude more."""
+    assert len(raw) == len(raw_ref) == 3
+    for a, b in zip(raw, raw_ref):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5 * max(1.0, float(np.abs(b).max())))
 
 
 def _assert_same_faces(ref, got, atol=1e-3):
@@ -172,8 +182,7 @@ def test_shipped_onnx_default_detector_parity_with_pytorch():
     det = FaceDetector(num_threads=1, score_threshold=0.3)
     assert det.backend == "onnxruntime"
     raw = det.model.run_numpy(x)
-    for a, b in zip(raw, raw_ref):
-        assert float(np.abs(a - b).max()) <= 1e-4
+    _assert_raw_close(raw, raw_ref)
     _assert_same_faces(ref, det.detect_arrays(img))
 
 
@@ -189,8 +198,7 @@ def test_openvino_backend_parity_with_pytorch(request):
     det = FaceDetector(num_threads=1, score_threshold=0.3, backend="openvino")
     assert det.backend == "openvino"
     raw = det.model.run_numpy(x)
-    for a, b in zip(raw, raw_ref):
-        assert a.shape == b.shape and float(np.abs(a - b).max()) <= 1e-4
+    _assert_raw_close(raw, raw_ref)
     _assert_same_faces(ref, det.detect_arrays(img))
     # FaceDetector feeds OpenVINO the uint8 image (pre-processing compiled into the graph): same outputs bit for bit
     got_img = det.model.run_image(img)
