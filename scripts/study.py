@@ -219,6 +219,9 @@ _PATH_KEYS = (("data", "train_labels"), ("data", "train_images"), ("distill", "t
 # settings that do not change what an arm computes: free to change between a stop and a resume
 _RUNTIME_KEYS = ("threads", "log_every", "checkpoint_every", "output_dir", "name")
 _RUNTIME_DATA_KEYS = ("num_workers",)
+# trainer settings added after studies had started, left out of the fingerprint at their default (the value every
+# earlier arm trained with), so that an arm folder stays resumable across the addition
+_LATER_KEYS_AT_DEFAULT = {"backbone_lr_scale": 0.0}
 
 
 def _abs(p: str | None) -> str | None:
@@ -297,6 +300,9 @@ def fingerprint(values: dict[str, Any], extra: dict[str, Any] | None = None) -> 
         v.pop(k, None)
     for k in _RUNTIME_DATA_KEYS:
         v.get("data", {}).pop(k, None)
+    for k, default in _LATER_KEYS_AT_DEFAULT.items():
+        if k in v and v[k] == default:
+            del v[k]
     blob = json.dumps({"config": v, "extra": extra or {}}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -114,6 +114,45 @@ def test_backbone_computed_once_per_batch(tmp_path, tiny, random_teacher):
     assert calls == {"student_body": t.steps_per_epoch, "teacher_body": 0}
 
 
+def test_backbone_last_phase_trains_weights_with_frozen_bn_statistics(tmp_path, tiny, random_teacher):
+    """backbone_lr_scale > 0: the backbone's weights train at lr * scale (own optimizer group, same schedule), its
+    BatchNorm buffers stay bit-identical and in eval mode, and the teacher runs its own, untouched backbone."""
+    cfg = _frozen_config(tmp_path, tiny, random_teacher, "lastphase", backbone_lr_scale=0.1, epochs=1,
+                         **{"optim.lr": 1e-2})
+    t = Trainer(cfg, progress=False)
+    assert len(t.optimizer.param_groups) == 2
+    main, body_group = t.optimizer.param_groups
+    assert {id(p) for p in body_group["params"]} == {id(p) for p in t.model.body.parameters()}
+    assert not {id(p) for p in main["params"]} & {id(p) for p in body_group["params"]}
+    assert body_group["lr"] == pytest.approx(0.1 * main["lr"])
+    weights = {k: v.clone() for k, v in t.model.body.named_parameters()}
+    buffers = {k: v.clone() for k, v in t.model.body.named_buffers()}
+    teacher_body = {k: v.clone() for k, v in t.teacher.body.state_dict().items()}
+    calls = {"teacher_body": 0}
+    t_forward = t.teacher.body.forward
+
+    def counted(*a, **k):
+        calls["teacher_body"] += 1
+        return t_forward(*a, **k)
+
+    t.teacher.body.forward = counted
+    t.train_epoch(0)
+    assert calls["teacher_body"] >= 1  # not shared any more: the teacher's features come from its own backbone
+    assert all(not m.training for m in t.model.body.modules())
+    moved = [k for k, v in t.model.body.named_parameters() if not torch.equal(v, weights[k])]
+    assert moved, "the backbone's weights did not train"
+    for k, v in t.model.body.named_buffers():  # BN running statistics fixed
+        assert torch.equal(v, buffers[k]), k
+    for k, v in t.teacher.body.state_dict().items():
+        assert torch.equal(v, teacher_body[k]), k
+    assert main["lr"] > 0 and body_group["lr"] == pytest.approx(0.1 * main["lr"])  # the ratio survives the schedule
+
+
+def test_backbone_lr_scale_needs_freeze_backbone(tmp_path, tiny, random_teacher):
+    with pytest.raises(FeatherFaceError, match="backbone_lr_scale"):
+        _frozen_config(tmp_path, tiny, random_teacher, "bad", freeze_backbone=False, backbone_lr_scale=0.1)
+
+
 def test_frozen_backbone_needs_a_trained_source(tmp_path, tiny):
     cfg = tiny_config(tmp_path, tiny, "nosource", freeze_backbone=True, epochs=1)
     with pytest.raises(FeatherFaceError, match="freeze_backbone"):

@@ -102,6 +102,10 @@ def test_arm_configs_share_the_recipe_and_budget(tmp_path):
     fp = study.fingerprint(base)
     assert study.fingerprint({**base, "threads": 1, "name": "x"}) == fp
     assert study.fingerprint({**base, "epochs": base["epochs"] + 1}) != fp
+    # a trainer setting added later keeps earlier arms' fingerprints at its default, and counts otherwise
+    assert study.fingerprint({**base, "backbone_lr_scale": 0.0}) == study.fingerprint(
+        {k: v for k, v in base.items() if k != "backbone_lr_scale"})
+    assert study.fingerprint({**base, "backbone_lr_scale": 0.1}) != fp
 
 
 def test_subset_labels_are_evenly_spaced_and_fixed(tmp_path):

@@ -171,6 +171,10 @@ class TrainConfig:
     ``freeze_backbone``: the model's MobileNet backbone (``body``), initialised from the teacher (or
     ``init_backbone``), stays frozen: eval mode (BN statistics fixed), no gradients, not in the optimizer. With a
     teacher its features are computed once per batch and feed both the student's and the teacher's necks.
+    ``backbone_lr_scale``: with ``freeze_backbone``, a value > 0 makes the optional last phase of the frozen-backbone
+    recipe: the backbone's weights train at ``lr * backbone_lr_scale`` (a second optimizer group, same schedule)
+    while its BatchNorms stay in eval mode (statistics fixed, also after every ``model.train()``); the teacher then
+    runs its own backbone (the features are no longer shared). 0 keeps the backbone frozen.
     ``checkpoint_every``: also write ``last.pth`` every N iterations inside an epoch (0: at epoch ends only); a
     resume from such a checkpoint continues the epoch at the next batch, exactly."""
 
@@ -188,6 +192,7 @@ class TrainConfig:
     compile: bool = False
     log_every: int = 0
     freeze_backbone: bool = False
+    backbone_lr_scale: float = 0.0
     checkpoint_every: int = 0
     model_config: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
@@ -213,6 +218,9 @@ class TrainConfig:
             raise FeatherFaceError(f"distill.teacher_every must be >= 1, got {self.distill.teacher_every}")
         if not self.data.crop_scales or any(float(c) <= 0 for c in self.data.crop_scales):
             raise FeatherFaceError(f"data.crop_scales must be positive numbers, got {self.data.crop_scales}")
+        if self.backbone_lr_scale < 0 or (self.backbone_lr_scale > 0 and not self.freeze_backbone):
+            raise FeatherFaceError(f"backbone_lr_scale must be >= 0 and needs freeze_backbone = true (it trains the "
+                                   f"frozen-BN backbone at a lower LR), got {self.backbone_lr_scale}")
         if self.checkpoint_every < 0:
             raise FeatherFaceError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
 

@@ -45,7 +45,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, lr
     total = max(int(steps_per_epoch) * int(epochs), 1)
     if cfg.name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=total, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
+            optimizer, max_lr=[lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups], total_steps=total, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor, anneal_strategy="cos",
         )
     if cfg.name == "constant":

@@ -294,13 +294,15 @@ class Trainer:
         self.memory_format = prepare_student(self.model, fused_bn=cfg.fused_bn, compile_model=cfg.compile,
                                              channels_last=cfg.channels_last, device=self.device)
         self.frozen_backbone = bool(cfg.freeze_backbone)
+        # the optional last phase: backbone weights train (lower LR), its BNs stay in eval mode, nothing is shared
+        self.backbone_trains = self.frozen_backbone and cfg.backbone_lr_scale > 0
         if self.frozen_backbone:
             if resume is None and self.backbone_source is None:
                 raise FeatherFaceError("freeze_backbone = true needs a trained backbone: a teacher (distill.teacher "
                                        "with init_backbone), init_backbone or init_weights")
             # after prepare_student: fusing BN + activation builds new BN modules, which must be frozen too
-            freeze_module(self.model.body)
-            if self.teacher is not None and resume is None:
+            freeze_module(self.model.body, keep_gradients=self.backbone_trains)
+            if self.teacher is not None and resume is None and not self.backbone_trains:
                 t_body = self.teacher.body.state_dict()
                 differ = [k for k, v in self.model.body.state_dict().items() if not torch.equal(v, t_body[k])]
                 if differ:
@@ -338,9 +340,14 @@ class Trainer:
         self.anchors = self.anchor_spec.anchors((s, s), device=self.device)
 
         # optimisation
-        params = [p for p in self.step_module.parameters() if p.requires_grad]
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+        body = {id(p) for p in self.model.body.parameters()} if self.backbone_trains else set()
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in self.step_module.parameters() if p.requires_grad and id(p) not in body]}]
+        if self.backbone_trains:
+            scale = float(cfg.backbone_lr_scale)
+            groups.append({"params": list(self.model.body.parameters()), "lr": o.lr * scale, "lr_scale": scale})
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                            weight_decay=o.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, lr=o.lr, steps_per_epoch=self.steps_per_epoch,
                                          epochs=cfg.epochs)
@@ -513,13 +520,16 @@ class Trainer:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
         backbone = None
-        if self.frozen_backbone:
+        if self.backbone_trains:
+            backbone = self.model.body(images)  # eval-mode BNs, gradients flow into the backbone's weights
+        elif self.frozen_backbone:
             with torch.no_grad():
                 backbone = self.model.body(images)
         teacher_out = None
         distilling = cfg.distill.alpha != 0 or cfg.distill.feature_weight != 0
         if self.teacher is not None and distilling and self.global_step % cfg.distill.teacher_every == 0:
-            teacher_out = teacher_forward(self.teacher, images, backbone_features=backbone)
+            shared = None if self.backbone_trains else backbone  # a trained backbone is no longer the teacher's
+            teacher_out = teacher_forward(self.teacher, images, backbone_features=shared)
         module = self.ddp if self.ddp is not None else self.step_module
         parts = module(images, targets, self.anchors, teacher_out, backbone)
         loss = parts["total"]
