@@ -20,7 +20,7 @@ from typing import Any
 from featherface.errors import CheckpointError, FeatherFaceError
 
 __all__ = ["WeightsRecord", "WeightsInfo", "MANIFEST", "weights_dir", "list_weights", "weights_record", "weights_file",
-           "default_model_name", "default_weights_info", "default_weights_path", "sha256_of"]
+           "default_model_name", "default_weights_info", "default_weights_path", "sha256_of", "example_photo_path"]
 
 MANIFEST = "models.json"
 #: What :func:`weights_file` can return for a record: the checkpoint, the raw ONNX file, the browser ONNX file.
@@ -148,3 +148,9 @@ def default_weights_info() -> WeightsRecord:
 def default_weights_path() -> Path:
     """Path of the default model's checkpoint after verifying its SHA-256."""
     return weights_file(default_model_name(), "pth")
+
+
+def example_photo_path() -> Path:
+    """The bundled example photo (``assets/grace_hopper.jpg``, public domain; source in the README): the quick
+    start's input, the browser page's example and the real-image input of the export parity checks."""
+    return Path(str(resources.files("featherface"))) / "assets" / "grace_hopper.jpg"

@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 from featherface.cliargs import port as port_number
 from featherface.errors import FeatherFaceError
+from featherface.pretrained import example_photo_path
 
 __all__ = ["configure_parser", "run", "make_server", "find_ort_dir", "default_onnx_model", "ISOLATION_HEADERS"]
 
@@ -234,7 +235,7 @@ def make_server(model: str | os.PathLike | None = None, *, host: str = "127.0.0.
               "example": "/example.jpg", "inputs": info["inputs"], "outputs": info["outputs"],
               "metadata": info["metadata"], "defaults": {"score_threshold": 0.5, "nms_threshold": 0.4,
                                                           "longest_side": None, "max_side": 2560}}
-    routes = {"/model.onnx": model_path.resolve(), "/example.jpg": (_package_dir() / "assets" / "grace_hopper.jpg"),
+    routes = {"/model.onnx": model_path.resolve(), "/example.jpg": example_photo_path(),
               "/config.json": json.dumps(config).encode()}
     handler = partial(_Handler, routes=routes, ort_dir=ort, static=static, quiet=quiet)
     try:

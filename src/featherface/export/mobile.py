@@ -56,7 +56,8 @@ from featherface.errors import FeatherFaceError
 from featherface.export.formats import FORMATS, MOBILE_EXTRA, PRECISIONS
 from featherface.fsutil import atomic_write_bytes, atomic_write_text
 from featherface.geometry.anchors import anchor_spec_of
-from featherface.preprocessing import DEFAULT_PREPROCESSING
+from featherface.preprocessing import DEFAULT_PREPROCESSING, Preprocessing, preprocess
+from featherface.pretrained import example_photo_path
 from featherface.version import __version__
 
 __all__ = ["FORMATS", "PRECISIONS", "MOBILE_EXTRA", "METADATA_KEY", "CANDIDATE_SCORE", "export_model", "app_metadata",
@@ -140,10 +141,27 @@ class _NamedOutputs(nn.Module):
         return {"boxes": out.boxes, "logits": out.logits, "landmarks": out.landmarks}
 
 
-def _example_input(height: int, width: int, *, channels_last: bool, seed: int = 0) -> Tensor:
-    """Seeded ``N(0, 50²)`` input of the network's shape: values in the range of mean-subtracted pixels."""
-    shape = (1, height, width, 3) if channels_last else (1, 3, height, width)
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 50
+def _example_input(height: int, width: int, *, channels_last: bool, seed: int = 0,
+                   preprocessing: Preprocessing = DEFAULT_PREPROCESSING) -> Tensor:
+    """The bundled example photo stretched to ``height x width``, pre-processed by ``preprocessing`` (the one rule),
+    plus seeded ``N(0, 8²)`` noise: ``[1, 3, H, W]`` or ``[1, H, W, 3]`` float32.
+
+    A real face keeps candidates (score > :data:`CANDIDATE_SCORE`) in a trained model's output, so the decoded-box
+    parity is measured; on pure noise a trained detector scores every anchor near 0 and that check would be empty.
+    """
+    import cv2
+
+    from featherface.imageio import load_image
+
+    photo = load_image(example_photo_path())
+    photo = cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA)
+    x = torch.from_numpy(preprocess(photo, 1.0, preprocessing=preprocessing))[None]
+    x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * 8
+    return x.permute(0, 2, 3, 1).contiguous() if channels_last else x
+
+
+def _preprocessing_of(model: nn.Module) -> Preprocessing:
+    return getattr(model, "preprocessing", None) or DEFAULT_PREPROCESSING
 
 
 def _check_size(size: Sequence[int]) -> tuple[int, int]:
@@ -162,7 +180,7 @@ def app_metadata(model: nn.Module, *, fmt: str, input_size: Sequence[int] | None
     ``input_size``: ``(height, width)`` of a fixed-size format, ``None`` for dynamic ONNX / ORT inputs.
     """
     spec = anchor_spec_of(model)
-    pre = getattr(model, "preprocessing", None) or DEFAULT_PREPROCESSING
+    pre = _preprocessing_of(model)
     h, w = ("H", "W") if input_size is None else (int(input_size[0]), int(input_size[1]))
     shape = [1, h, w, 3] if channels_last else [1, 3, h, w]
     layout = "NHWC" if channels_last else "NCHW"
@@ -382,7 +400,7 @@ def export_tflite(model: nn.Module, path: str | os.PathLike, *, size: Sequence[i
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _NamedOutputs(model.cpu().eval(), channels_last=True).eval()
-    x = _example_input(h, w, channels_last=True)
+    x = _example_input(h, w, channels_last=True, preprocessing=_preprocessing_of(model))
     with mobile_friendly(), torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr), \
             tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as work:
         warnings.simplefilter("ignore")
@@ -446,7 +464,7 @@ def check_tflite_parity(model: nn.Module, path: str | os.PathLike, *, seed: int 
     runner = _litert_runner(path)
     shape = [int(v) for v in runner.get_input_details()["input"]["shape"]]
     h, w = shape[1], shape[2]
-    x = _example_input(h, w, channels_last=True, seed=seed)
+    x = _example_input(h, w, channels_last=True, seed=seed, preprocessing=_preprocessing_of(model))
     got = runner(input=x.numpy())
     with mobile_friendly():
         ref = _torch_outputs(model, x.permute(0, 3, 1, 2))
@@ -465,7 +483,7 @@ def export_coreml(model: nn.Module, path: str | os.PathLike, *,
     ct = require_converter("coremltools", "Core ML export")
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _NamedOutputs(model.cpu().eval()).eval()
-    x = _example_input(h, w, channels_last=False)
+    x = _example_input(h, w, channels_last=False, preprocessing=_preprocessing_of(model))
     with mobile_friendly(), torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         try:
