@@ -462,32 +462,41 @@ def evaluate_arm(ctx: StudyContext, arm: Arm, cfg, last: Path) -> dict[str, Any]
 
 # ------------------------------------------------------------------------------------------------ tables
 SETTINGS = ("easy", "medium", "hard")
+#: What each Δ and its seed noise are computed for: the three AP settings and the Hard-set recall at any score
+#: (all sizes). At a short budget the AP swings with the score calibration of a half-trained classifier while the
+#: recall (which faces get a box at all) barely moves between seeds, so the recall separates arms that AP cannot.
+METRICS = (*SETTINGS, "recall")
+
+
+def metric_value(result: dict[str, Any], key: str) -> float:
+    """An arm's value (0..1) of one of :data:`METRICS`."""
+    return float(result["hard_size_recall"]["total_any"] if key == "recall" else result[f"ap_{key}"])
 
 
 def noise_level(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The baselines' mean AP per setting (``mean_easy``, ...: the reference of every Δ) and the seed noise
-    ``|AP_42 - AP_43|`` per setting (``easy``, ...; None until both baseline seeds are measured). None without any
-    measured baseline."""
+    """The baselines' mean per metric of :data:`METRICS` (``mean_easy``, ..., ``mean_recall``: the reference of every
+    Δ) and the seed noise ``|value_42 - value_43|`` per metric (``easy``, ..., ``recall``; None until both baseline
+    seeds are measured). None without any measured baseline."""
     base = [r for r in results if r.get("baseline")]
     if not base:
         return None
     out: dict[str, Any] = {"seeds": [r["seed"] for r in base]}
-    for s in SETTINGS:
-        vals = [r[f"ap_{s}"] for r in base]
-        out[s] = max(vals) - min(vals) if len(vals) >= 2 else None
-        out[f"mean_{s}"] = sum(vals) / len(vals)
+    for key in METRICS:
+        vals = [metric_value(r, key) for r in base]
+        out[key] = max(vals) - min(vals) if len(vals) >= 2 else None
+        out[f"mean_{key}"] = sum(vals) / len(vals)
     return out
 
 
-def delta_cell(ap: float, setting: str, noise: dict[str, Any] | None) -> str:
-    """Δ AP (points) against the baselines' mean, marked "within noise" when ``|Δ| <= |AP_42 - AP_43|`` and
-    "noise unknown" while only one baseline seed is measured."""
+def delta_cell(value: float, key: str, noise: dict[str, Any] | None) -> str:
+    """Δ (points) of ``value`` against the baselines' mean of metric ``key``, marked "within noise" when
+    ``|Δ| <= |value_42 - value_43|`` and "noise unknown" while only one baseline seed is measured."""
     if noise is None:
         return "— (no baseline yet)"
-    d = 100 * (ap - noise[f"mean_{setting}"])
-    if noise[setting] is None:
+    d = 100 * (value - noise[f"mean_{key}"])
+    if noise[key] is None:
         return f"{d:+.2f} (noise unknown)"
-    tag = " (within noise)" if abs(d) <= 100 * noise[setting] + 1e-9 else ""
+    tag = " (within noise)" if abs(d) <= 100 * noise[key] + 1e-9 else ""
     return f"{d:+.2f}{tag}"
 
 
@@ -513,30 +522,35 @@ def table_markdown(title: str, arms: Sequence[Arm], results: dict[str, dict[str,
     ]
     heads = [h for h, _ in extra_cols]
     lines.append("| Arm | " + " | ".join(heads + ["Seed", "Params", "Easy AP", "Medium AP", "Hard AP",
-                                                     "Δ Easy", "Δ Medium", "Δ Hard", "Train img/s",
-                                                     "Wall (train+BN+eval)"]) + " |")
-    lines.append("|---|" + "---|" * len(heads) + "---:|" * 10)
+                                                     "Δ Easy", "Δ Medium", "Δ Hard", "Hard recall", "Δ recall",
+                                                     "Train img/s", "Wall (train+BN+eval)"]) + " |")
+    lines.append("|---|" + "---|" * len(heads) + "---:|" * 12)
     for a in arms:
         r = results.get(a.name)
         cols = [fn(a) for _, fn in extra_cols]
         if r is None:
-            lines.append(f"| {a.label} | " + " | ".join(cols + [str(a.seed)] + ["not yet measured"] + [""] * 8) + " |")
+            lines.append(f"| {a.label} | " + " | ".join(cols + [str(a.seed)] + ["not yet measured"] + [""] * 10) + " |")
             continue
-        deltas = ["baseline"] * 3 if a.baseline else [delta_cell(r[f"ap_{s}"], s, noise) for s in SETTINGS]
+        deltas = (["baseline"] * len(METRICS) if a.baseline
+                  else [delta_cell(metric_value(r, k), k, noise) for k in METRICS])
         lines.append(f"| {a.label} | " + " | ".join(cols + [
             str(r["seed"]), f"{r['params']:,}", _pct(r["ap_easy"]), _pct(r["ap_medium"]), _pct(r["ap_hard"]),
-            *deltas, f"{r['train_images_per_s']:.2f}", _hms(r["wall_s"])]) + " |")
+            *deltas[:3], _pct(metric_value(r, "recall")), deltas[3], f"{r['train_images_per_s']:.2f}",
+            _hms(r["wall_s"])]) + " |")
     lines += [""]
     if noise is None or noise["hard"] is None:
         lines.append("Seed noise: not measured yet (needs both baseline seeds). Δ: against the mean of the measured "
                      "baseline seeds.")
     else:
-        lines.append("Seed noise (|AP seed 42 − AP seed 43| of the baseline, points): "
+        lines.append("Seed noise (|seed 42 − seed 43| of the baseline, points): AP "
                      f"Easy {100 * noise['easy']:.2f}, Medium {100 * noise['medium']:.2f}, "
-                     f"Hard {100 * noise['hard']:.2f}. Δ is against the mean of the two baseline seeds; a |Δ| not "
-                     "larger than the seed noise is reported \"within noise\". Two seeds give a crude noise estimate.")
-    lines += ["", "AP in %. Params: all parameters of the network (the frozen backbone included). Train img/s: "
-              "training images per second of wall time over the arm's epochs (resumed segments summed).", ""]
+                     f"Hard {100 * noise['hard']:.2f}; Hard recall {100 * noise['recall']:.2f}. Δ is against the "
+                     "mean of the two baseline seeds; a |Δ| not larger than the seed noise is reported \"within "
+                     "noise\". Two seeds give a crude noise estimate.")
+    lines += ["", "AP in %. Hard recall: % of the Hard faces of val-dev matched by a detection at any score (all "
+              "sizes; per size below). Params: all parameters of the network (the frozen backbone included). "
+              "Train img/s: training images per second of wall time over the arm's epochs (resumed segments "
+              "summed).", ""]
     done = [(a, results[a.name]) for a in arms if a.name in results]
     if done:
         bins = done[0][1]["hard_size_recall"]["bins"]
@@ -556,7 +570,8 @@ def table_markdown(title: str, arms: Sequence[Arm], results: dict[str, dict[str,
 
 def bar_chart(path: Path, title: str, arms: Sequence[Arm], results: dict[str, dict[str, Any]],
               noise: dict[str, Any] | None) -> Path | None:
-    """Grouped Easy / Medium / Hard AP bars of the measured arms; the baselines' mean ± seed noise as bands.
+    """Grouped Easy / Medium / Hard AP and Hard recall bars of the measured arms; the baselines' mean ± seed noise
+    as bands.
     Written atomically (``featherface.fsutil.atomic_write``)."""
     import matplotlib
 
@@ -568,20 +583,22 @@ def bar_chart(path: Path, title: str, arms: Sequence[Arm], results: dict[str, di
     done = [a for a in arms if a.name in results]
     if not done:
         return None
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(done) + 2), 4.2))
-    width = 0.26
-    colours = {"easy": "tab:green", "medium": "tab:orange", "hard": "tab:red"}
-    for j, s in enumerate(SETTINGS):
-        xs = [i + (j - 1) * width for i in range(len(done))]
-        ax.bar(xs, [100 * results[a.name][f"ap_{s}"] for a in done], width, label=s.capitalize(), color=colours[s])
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(done) + 2), 4.2))
+    width = 0.2
+    colours = {"easy": "tab:green", "medium": "tab:orange", "hard": "tab:red", "recall": "tab:gray"}
+    names = {"easy": "Easy AP", "medium": "Medium AP", "hard": "Hard AP", "recall": "Hard recall (any score)"}
+    for j, key in enumerate(METRICS):
+        xs = [i + (j - 1.5) * width for i in range(len(done))]
+        ax.bar(xs, [100 * metric_value(results[a.name], key) for a in done], width, label=names[key],
+               color=colours[key])
         if noise is not None:
-            m = 100 * noise[f"mean_{s}"]
-            if noise[s] is not None:
-                ax.axhspan(m - 100 * noise[s], m + 100 * noise[s], color=colours[s], alpha=0.12, lw=0)
-            ax.axhline(m, color=colours[s], ls="--", lw=0.8)
+            m = 100 * noise[f"mean_{key}"]
+            if noise[key] is not None:
+                ax.axhspan(m - 100 * noise[key], m + 100 * noise[key], color=colours[key], alpha=0.12, lw=0)
+            ax.axhline(m, color=colours[key], ls="--", lw=0.8)
     ax.set_xticks(range(len(done)))
     ax.set_xticklabels([a.label for a in done], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("val-dev AP (%)")
+    ax.set_ylabel("val-dev AP / recall (%)")
     ax.set_ylim(bottom=0)
     note = "" if noise is None else ("\n(dashed: baseline mean" + ("; band: ± seed noise)" if noise["hard"] is not None
                                                                   else ")"))

@@ -123,12 +123,12 @@ def test_subset_labels_are_evenly_spaced_and_fixed(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def _fake(arm, easy, medium, hard):
+def _fake(arm, easy, medium, hard, recall=0.6):
     return {"name": arm.name, "label": arm.label, "seed": arm.seed, "baseline": arm.baseline, "params": 256156,
             "ap_easy": easy, "ap_medium": medium, "ap_hard": hard, "train_images_per_s": 3.1, "wall_s": 2000.0,
             "hard_size_recall": {"bins": ["<16", "16-32", ">=32"], "num_faces": [10, 5, 0],
                                  "recall_any": [0.5, 0.8, None], "recall_at_0.5": [0.1, 0.4, None],
-                                 "total_any": 0.6, "total_at_0.5": 0.2}}
+                                 "total_any": recall, "total_at_0.5": 0.2}}
 
 
 def test_noise_rule():
@@ -144,13 +144,23 @@ def test_noise_rule():
     assert study.delta_cell(0.53, "easy", n) == "+2.00 (within noise)"  # equal to the noise: within
     assert study.delta_cell(0.15, "hard", n) == "-4.00"
     assert study.delta_cell(0.41, "medium", n) == "+1.00"  # zero noise: any difference is outside
+    assert n["recall"] == 0 and n["mean_recall"] == pytest.approx(0.6)  # the Hard recall has its own noise
+
+
+def test_recall_noise_separates_what_ap_noise_hides():
+    b42, b43 = study.BASE_S42, study.BASE_S43
+    n = study.noise_level([_fake(b42, 0.46, 0.33, 0.12, recall=0.629), _fake(b43, 0.23, 0.14, 0.05, recall=0.619)])
+    assert n["recall"] == pytest.approx(0.010) and n["mean_recall"] == pytest.approx(0.624)
+    arm = _fake(study.ABLATION_ARMS[2], 0.40, 0.30, 0.10, recall=0.58)
+    assert study.delta_cell(study.metric_value(arm, "hard"), "hard", n).endswith("(within noise)")
+    assert study.delta_cell(study.metric_value(arm, "recall"), "recall", n) == "-4.40"
 
 
 def test_write_table_markdown_json_png(tmp_path):
     arms = list(study.ABLATION_ARMS)
     results = {a.name: r for a, r in [(arms[0], _fake(arms[0], 0.50, 0.40, 0.20)),
-                                      (arms[1], _fake(arms[1], 0.52, 0.41, 0.18)),
-                                      (arms[3], _fake(arms[3], 0.30, 0.35, 0.19))]}
+                                      (arms[1], _fake(arms[1], 0.52, 0.41, 0.18, recall=0.62)),
+                                      (arms[3], _fake(arms[3], 0.30, 0.35, 0.19, recall=0.70))]}
     plan = study.plan_budget(n_arms=10, dataset_images=3416, batch_size=16, image_size=640)
     cmd = "OMP_WAIT_POLICY=PASSIVE python scripts/ablation.py --hours 6"
     paths = study.write_table(tmp_path, "ablation", "Ablation, measured", arms, results, plan, cmd,
@@ -159,14 +169,15 @@ def test_write_table_markdown_json_png(tmp_path):
     assert cmd in md and f"{plan['max_images']} training images" in md
     ssh = next(ln for ln in md.splitlines() if ln.startswith("| V2 + V1 SSH"))
     assert "30.00" in ssh and "-21.00" in ssh and "-5.50 |" in ssh and "+0.00 (within noise)" in ssh and 'ssh="v1"' in ssh
+    assert "| 70.00 | +9.00 |" in ssh  # Hard recall 70 % against the seeds' mean 61 %, noise 2 points
     assert "| V2 + V1 BiFPN | neck=\"bifpn_v1\" | 42 | not yet measured |" in md
-    assert "Seed noise (|AP seed 42 − AP seed 43|" in md and "Hard 2.00" in md
+    assert "Seed noise (|seed 42 − seed 43|" in md and "Hard 2.00; Hard recall 2.00" in md
     assert "| *faces* | 10 | 5 | 0 | 15 |" in md and "50.0 / 10.0" in md
     data = json.loads(paths["json"].read_text())
     assert data["command"] == cmd and data["plan"]["epochs"] == plan["epochs"]
     assert [a["name"] for a in data["arms"]] == [a.name for a in arms]
     assert data["arms"][2]["result"] is None and data["arms"][3]["result"]["ap_easy"] == 0.30
-    assert data["noise"]["hard"] == pytest.approx(0.02)
+    assert data["noise"]["hard"] == pytest.approx(0.02) and data["noise"]["recall"] == pytest.approx(0.02)
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporaries
 
